@@ -1,0 +1,285 @@
+"""The `raw2gold` command line: validate, run, show, init, sources, history.
+
+Errors are one clear line with a hint and a non-zero exit code; `--verbose` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import traceback
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from raw2gold.config import ConfigError, PipelineConfig, load_pipeline
+
+console = Console(highlight=False, soft_wrap=True)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+
+class CliError(Exception):
+    """A user-facing error: one line, with a hint."""
+
+
+def _load(args: argparse.Namespace) -> PipelineConfig:
+    return load_pipeline(args.pipeline, lake_uri=getattr(args, "lake", None))
+
+
+# ---- validate ------------------------------------------------------------------------------
+def cmd_validate(args: argparse.Namespace) -> int:
+    config = _load(args)
+    console.print(
+        f"[green]ok[/green] {config.path}: pipeline {config.name!r}, {len(config.sources)} sources, "
+        f"{len(config.processed)} processed and {len(config.gold)} gold tables"
+    )
+    return 0
+
+
+# ---- run -----------------------------------------------------------------------------------
+def cmd_run(args: argparse.Namespace) -> int:
+    from raw2gold.lake import make_run_id
+    from raw2gold.orchestrate.local_run import TaskEvent, run_dag_test
+
+    config = _load(args)
+    lake_uri = config.lake.uri if args.lake else None
+    run_id = make_run_id()
+    console.print(
+        f"raw2gold run [bold]{config.name}[/bold] · run {run_id} · lake {config.lake.uri}\n"
+        f"  through Airflow (dags test of {config.dag_id}); full log in .raw2gold/logs/"
+    )
+
+    def show(event: TaskEvent) -> None:
+        if event.state == "running":
+            console.print(f"  [cyan]…[/cyan] {event.task_id} started (try {event.tries})")
+        else:
+            mark = "[green]✔[/green]" if event.state == "success" else "[red]✘[/red]"
+            if event.state in {"skipped"}:
+                mark = "[yellow]–[/yellow]"
+            console.print(f"  {mark} {event.task_id} {event.state} in {event.seconds:.1f}s")
+
+    result = run_dag_test(
+        config, run_id, lake_uri=lake_uri, full_refresh=args.full_refresh, on_event=show
+    )
+    if not result.ok:
+        raise CliError(f"run {run_id} failed: {result.error} (full log: {result.log_file})")
+    _print_run_summary(config, run_id, result.tasks, result.seconds)
+    return 0
+
+
+def _print_run_summary(
+    config: PipelineConfig, run_id: str, tasks: dict[str, Any], seconds: float
+) -> None:
+    from raw2gold.orchestrate.summary import run_summary
+
+    summary = run_summary(str(config.path), run_id, lake_uri=config.lake.uri)
+    table = Table(title=f"run {run_id}: rows per layer", show_edge=False)
+    for column in ("layer", "table", "rows", "note"):
+        table.add_column(column, justify="right" if column == "rows" else "left")
+    for source, streams in summary["raw"].items():
+        for stream, stats in streams.items():
+            note = f"{stats['quarantined']} quarantined" if stats.get("quarantined") else ""
+            table.add_row("raw", f"{source}.{stream}", str(stats["records"]), note)
+    transform = summary["stages"].get("transform", {})
+    for name, stats in transform.get("processed", {}).items():
+        note = f"{stats.get('quarantined', 0)} quarantined" if stats.get("quarantined") else ""
+        table.add_row("processed", name, str(stats.get("rows", "")), note)
+    publish = summary["stages"].get("publish", {})
+    for name, stats in publish.get("gold", {}).items():
+        table.add_row("gold", name, str(stats.get("rows", "")), stats.get("format", ""))
+    console.print(table)
+    stage_times = Table(title="time per task", show_edge=False)
+    stage_times.add_column("task")
+    stage_times.add_column("seconds", justify="right")
+    for task_id, event in tasks.items():
+        stage_times.add_row(task_id, f"{event.seconds:.1f}")
+    stage_times.add_row("[bold]total[/bold]", f"{seconds:.1f}")
+    console.print(stage_times)
+    for name in config.gold:
+        _print_gold(config, name, limit=5)
+
+
+# ---- show ----------------------------------------------------------------------------------
+def _print_gold(config: PipelineConfig, name: str, limit: int) -> None:
+    from raw2gold.publish import gold_arrow_table
+
+    data = gold_arrow_table(config, name)
+    table = Table(title=f"gold.{name}: {data.num_rows} rows", show_edge=False)
+    for column in data.column_names:
+        table.add_column(column)
+    for row in data.slice(0, limit).to_pylist():
+        table.add_row(*[("" if v is None else str(v)) for v in row.values()])
+    console.print(table)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    config = _load(args)
+    if args.table not in config.gold:
+        raise CliError(
+            f"no gold table {args.table!r} in {config.path.name}; known: {', '.join(config.gold)}"
+        )
+    _print_gold(config, args.table, args.limit)
+    return 0
+
+
+# ---- history -------------------------------------------------------------------------------
+def cmd_history(args: argparse.Namespace) -> int:
+    from raw2gold.publish import publish_history
+
+    config = _load(args)
+    if args.table not in config.gold:
+        raise CliError(f"no gold table {args.table!r}; known: {', '.join(config.gold)}")
+    entries = publish_history(config, args.table)
+    if args.json:
+        console.print_json(json.dumps(entries, default=str))
+        return 0
+    table = Table(title=f"history of gold.{args.table}", show_edge=False)
+    for column in ("version", "run_id", "published_at", "rows", "checks"):
+        table.add_column(column)
+    for entry in entries:
+        checks = entry.get("checks") or []
+        passed = sum(1 for c in checks if c.get("passed"))
+        table.add_row(
+            str(entry.get("version", "")),
+            str(entry.get("run_id", "")),
+            str(entry.get("published_at", "")),
+            str(entry.get("rows", "")),
+            f"{passed}/{len(checks)} passed",
+        )
+    console.print(table)
+    return 0
+
+
+# ---- init ----------------------------------------------------------------------------------
+def example_dir() -> Path:
+    """The shop example: packaged with the wheel, or the repository's examples/shop."""
+    packaged = Path(__file__).parent / "_examples" / "shop"
+    if packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "examples" / "shop"
+
+
+def cmd_init(args: argparse.Namespace) -> int:
+    target = Path(args.directory)
+    if target.exists() and any(target.iterdir()):
+        raise CliError(f"{target} is not empty; choose a new folder")
+    source = example_dir()
+    shutil.copytree(source, target, ignore=shutil.ignore_patterns("lake", "__pycache__"))
+    console.print(
+        f"[green]created[/green] {target}/pipeline.yaml from the shop example\n"
+        f"  next: raw2gold validate {target}/pipeline.yaml && raw2gold run {target}/pipeline.yaml"
+    )
+    return 0
+
+
+# ---- sources -------------------------------------------------------------------------------
+def cmd_sources(args: argparse.Namespace) -> int:
+    from raw2gold.ingest import check_source, discover_source
+
+    config = _load(args)
+    if args.source not in config.sources:
+        raise CliError(f"no source {args.source!r}; known: {', '.join(config.sources)}")
+    if args.action == "check":
+        ok, message = check_source(config, args.source)
+        console.print(
+            f"{'[green]ok[/green]' if ok else '[red]failed[/red]'} {args.source}: {message}"
+        )
+        return 0 if ok else 1
+    streams = discover_source(config, args.source)
+    table = Table(title=f"streams of {args.source}", show_edge=False)
+    for column in ("stream", "sync modes", "cursor", "primary key"):
+        table.add_column(column)
+    for stream in streams:
+        table.add_row(
+            str(stream.get("name")),
+            ", ".join(stream.get("supported_sync_modes", [])),
+            str(stream.get("default_cursor_field") or ""),
+            str(stream.get("source_defined_primary_key") or ""),
+        )
+    console.print(table)
+    return 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The argument parser of `raw2gold`."""
+    top = argparse.ArgumentParser(
+        prog="raw2gold", description="Airbyte -> raw -> Spark processed -> gold, via Airflow."
+    )
+    top.add_argument("--verbose", action="store_true", help="show tracebacks")
+    sub = top.add_subparsers(dest="command", required=True)
+
+    def with_pipeline(p: argparse.ArgumentParser, positional: bool = False) -> None:
+        if positional:
+            p.add_argument("pipeline", help="path of a pipeline.yaml")
+        else:
+            p.add_argument("-p", "--pipeline", default="pipeline.yaml", help="pipeline.yaml path")
+        p.add_argument("--lake", help="override the lake URI (a folder or s3://bucket/prefix)")
+
+    validate = sub.add_parser("validate", help="check a pipeline.yaml and list every problem")
+    with_pipeline(validate, positional=True)
+    validate.set_defaults(func=cmd_validate)
+
+    run = sub.add_parser("run", help="run the pipeline once through Airflow")
+    with_pipeline(run, positional=True)
+    run.add_argument("--full-refresh", action="store_true", help="rebuild from all raw runs")
+    run.set_defaults(func=cmd_run)
+
+    show = sub.add_parser("show", help="first rows and row count of a gold table")
+    show.add_argument("table")
+    with_pipeline(show)
+    show.add_argument("--limit", type=int, default=10)
+    show.set_defaults(func=cmd_show)
+
+    history = sub.add_parser("history", help="publish history (lineage) of a gold table")
+    history.add_argument("table")
+    with_pipeline(history)
+    history.add_argument("--json", action="store_true")
+    history.set_defaults(func=cmd_history)
+
+    init = sub.add_parser("init", help="scaffold a new pipeline from the shop example")
+    init.add_argument("directory")
+    init.set_defaults(func=cmd_init)
+
+    sources = sub.add_parser("sources", help="ask a source's connector: check or discover")
+    sources.add_argument("action", choices=["check", "discover"])
+    sources.add_argument("source")
+    with_pipeline(sources)
+    sources.set_defaults(func=cmd_sources)
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit code."""
+    args = parser().parse_args(argv)
+    try:
+        code: int = args.func(args)
+        return code
+    except ConfigError as exc:
+        for problem in exc.problems:
+            err.print(f"[red]error[/red] {escape(str(problem))}", soft_wrap=True)
+        err.print(f"{len(exc.problems)} problem(s) found.")
+        return 2
+    except CliError as exc:
+        err.print(f"[red]raw2gold:[/red] {escape(str(exc))}", soft_wrap=True)
+        return 1
+    except KeyboardInterrupt:
+        err.print("raw2gold: interrupted")
+        return 130
+    except Exception as exc:  # noqa: BLE001 - one line for users, traceback on request
+        if args.verbose:
+            traceback.print_exc()
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        err.print(
+            f"[red]raw2gold:[/red] {type(exc).__name__}: {escape(first)} (run with --verbose for details)",
+            soft_wrap=True,
+        )
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,37 @@
+"""pipeline.yaml -> typed models, with validation that names locations."""
+
+from raw2gold.config.loader import (
+    ConfigError,
+    Problem,
+    gold_order,
+    load_pipeline,
+    model_refs,
+    resolve_env,
+    resolve_env_tree,
+)
+from raw2gold.config.models import (
+    CheckConfig,
+    GoldModel,
+    LakeConfig,
+    PipelineConfig,
+    ProcessedModel,
+    SourceConfig,
+    StreamConfig,
+)
+
+__all__ = [
+    "CheckConfig",
+    "ConfigError",
+    "GoldModel",
+    "LakeConfig",
+    "PipelineConfig",
+    "Problem",
+    "ProcessedModel",
+    "SourceConfig",
+    "StreamConfig",
+    "gold_order",
+    "load_pipeline",
+    "model_refs",
+    "resolve_env",
+    "resolve_env_tree",
+]

@@ -1,0 +1,350 @@
+"""Load a pipeline.yaml into :class:`PipelineConfig`, reporting every problem with its location."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from graphlib import CycleError, TopologicalSorter
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import ValidationError
+
+from raw2gold.config.models import GoldModel, PipelineConfig, ProcessedModel, SourceConfig
+
+REF_IN_SQL = re.compile(r"\{\{\s*ref\(\s*['\"]([A-Za-z0-9_]+)['\"]\s*\)\s*\}\}")
+REF_IN_PYTHON = re.compile(r"\bref\(\s*['\"]([A-Za-z0-9_]+)['\"]\s*\)")
+ENV_PATTERN = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One problem in a pipeline file, with where it is and what to do."""
+
+    file: str
+    line: int | None
+    location: str
+    message: str
+    hint: str = ""
+
+    def __str__(self) -> str:
+        where = f"{self.file}:{self.line}" if self.line else self.file
+        location = f" {self.location}:" if self.location else ""
+        text = f"{where}:{location} {self.message}"
+        return f"{text} (hint: {self.hint})" if self.hint else text
+
+
+class ConfigError(Exception):
+    """The pipeline file has problems; ``problems`` lists every one."""
+
+    def __init__(self, problems: list[Problem]):
+        self.problems = problems
+        first = str(problems[0]) if problems else "invalid pipeline"
+        more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
+        super().__init__(first + more)
+
+
+class _LineLoader(yaml.SafeLoader):
+    """A YAML loader that remembers the line of every mapping key and sequence item."""
+
+
+def _compose_lines(text: str) -> dict[tuple[str, ...], int]:
+    """Map each key path (as strings) to its 1-based line number."""
+    lines: dict[tuple[str, ...], int] = {}
+    try:
+        root = yaml.compose(text, Loader=_LineLoader)
+    except yaml.YAMLError:
+        return lines
+
+    def walk(node: yaml.Node, path: tuple[str, ...]) -> None:
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                child = (*path, str(key.value))
+                lines[child] = key.start_mark.line + 1
+                walk(value, child)
+        elif isinstance(node, yaml.SequenceNode):
+            for index, item in enumerate(node.value):
+                child = (*path, str(index))
+                lines[child] = item.start_mark.line + 1
+                walk(item, child)
+
+    if root is not None:
+        walk(root, ())
+    return lines
+
+
+def _line_for(lines: dict[tuple[str, ...], int], path: tuple[str, ...]) -> int | None:
+    while path:
+        if path in lines:
+            return lines[path]
+        path = path[:-1]
+    return None
+
+
+HINTS = {
+    "extra_forbidden": "remove it or check its spelling against docs/pipeline-config.md",
+    "missing": "add this key",
+    "literal_error": "use one of the values listed",
+    "string_pattern_mismatch": "names are lower_snake_case",
+}
+
+
+def _validation_problems(
+    error: ValidationError, file: str, lines: dict[tuple[str, ...], int]
+) -> list[Problem]:
+    problems = []
+    for item in error.errors():
+        path = tuple(str(p) for p in item["loc"])
+        message = item["msg"].removeprefix("Value error, ")
+        if item["type"] == "extra_forbidden":
+            message = f"unknown key {path[-1]!r}"
+        problems.append(
+            Problem(
+                file, _line_for(lines, path), ".".join(path), message, HINTS.get(item["type"], "")
+            )
+        )
+    return problems
+
+
+def read_pipeline_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...], int]]:
+    """Parse the YAML file; a syntax error is one :class:`ConfigError` with its line."""
+    if not path.is_file():
+        raise ConfigError(
+            [Problem(str(path), None, "", "file not found", "give the path of a pipeline.yaml")]
+        )
+    text = path.read_text(encoding="utf-8")
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        line = mark.line + 1 if mark is not None else None
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise ConfigError(
+            [Problem(str(path), line, "", f"YAML syntax error: {problem}", "fix the indentation")]
+        ) from None
+    if not isinstance(data, dict):
+        raise ConfigError(
+            [Problem(str(path), 1, "", "the file is not a mapping", "start with 'name: ...'")]
+        )
+    return data, _compose_lines(text)
+
+
+def model_refs(config: PipelineConfig, table: str) -> list[str]:
+    """The tables a gold model reads, from {{ ref('x') }} in SQL or ref('x') in Python."""
+    model = config.gold[table]
+    if model.sql:
+        path = config.base_dir / model.sql
+        pattern = REF_IN_SQL
+    else:
+        assert model.python is not None
+        path = config.base_dir / model.python.split(":")[0]
+        pattern = REF_IN_PYTHON
+    if not path.is_file():
+        return []
+    return sorted(set(pattern.findall(path.read_text(encoding="utf-8"))))
+
+
+def _all_table_names(data: dict[str, Any]) -> set[str]:
+    names: set[str] = set()
+    for section in ("processed", "gold"):
+        if isinstance(data.get(section), dict):
+            names |= {str(k) for k in data[section]}
+    return names
+
+
+def _valid_part(data: dict[str, Any]) -> PipelineConfig | None:
+    """The config with only its valid entries, so cross-checks can run despite shape problems."""
+    sections = {"sources": SourceConfig, "processed": ProcessedModel, "gold": GoldModel}
+    clean: dict[str, Any] = {"name": "partial"}
+    for key, model in sections.items():
+        entries = data.get(key)
+        if not isinstance(entries, dict):
+            continue
+        kept = {}
+        for name, body in entries.items():
+            # An entry whose only problem is a check still takes part in the cross-checks.
+            candidates = [body]
+            if isinstance(body, dict) and "checks" in body:
+                candidates.append({k: v for k, v in body.items() if k != "checks"})
+            for candidate in candidates:
+                try:
+                    model.model_validate(candidate)
+                except ValidationError:
+                    continue
+                kept[name] = candidate
+                break
+        clean[key] = kept
+    if not clean.get("sources"):
+        clean["sources"] = {
+            "placeholder": {
+                "connector": {"package": "x", "version": "1"},
+                "streams": [{"name": "x"}],
+            }
+        }
+    try:
+        return PipelineConfig.model_validate(clean)
+    except ValidationError:
+        return None
+
+
+def _semantic_problems(
+    config: PipelineConfig,
+    file: str,
+    lines: dict[tuple[str, ...], int],
+    known_tables: set[str] | None = None,
+) -> list[Problem]:
+    problems: list[Problem] = []
+
+    def add(path: tuple[str, ...], message: str, hint: str = "") -> None:
+        problems.append(Problem(file, _line_for(lines, path), ".".join(path), message, hint))
+
+    for name, model in config.processed.items():
+        source_name, _, stream_name = model.source.partition(".")
+        source = config.sources.get(source_name)
+        if source is None:
+            add(
+                ("processed", name, "source"),
+                f"source {source_name!r} does not exist",
+                f"known sources: {', '.join(sorted(config.sources))}",
+            )
+        elif stream_name not in {s.name for s in source.streams}:
+            add(
+                ("processed", name, "source"),
+                f"source {source_name!r} has no stream {stream_name!r}",
+                f"its streams: {', '.join(s.name for s in source.streams)}",
+            )
+        if name in config.gold:
+            add(("gold", name), f"table {name!r} is both processed and gold", "rename one of them")
+
+    tables = set(config.processed) | set(config.gold) | (known_tables or set())
+    graph: dict[str, set[str]] = {}
+    for name, model in config.gold.items():
+        if model.sql:
+            if not (config.base_dir / model.sql).is_file():
+                add(
+                    ("gold", name, "sql"),
+                    f"SQL file {model.sql} not found",
+                    "path is relative to the yaml",
+                )
+        else:
+            assert model.python is not None
+            module, _, function = model.python.partition(":")
+            if not function:
+                add(
+                    ("gold", name, "python"),
+                    "expected module.py:function",
+                    "e.g. models/top.py:build",
+                )
+            elif not (config.base_dir / module).is_file():
+                add(
+                    ("gold", name, "python"),
+                    f"Python file {module} not found",
+                    "path is relative to the yaml",
+                )
+        refs = model_refs(config, name)
+        for ref in refs:
+            if ref not in tables:
+                add(
+                    ("gold", name),
+                    f"refers to table {ref!r}, which does not exist",
+                    f"known tables: {', '.join(sorted(tables))}",
+                )
+        graph[name] = {r for r in refs if r in config.gold}
+
+    try:
+        tuple(TopologicalSorter(graph).static_order())
+    except CycleError as exc:
+        cycle = " -> ".join(exc.args[1])
+        add(("gold",), f"models form a cycle: {cycle}", "a model cannot depend on itself")
+
+    for kind, models in (("processed", config.processed), ("gold", config.gold)):
+        for name, table_model in models.items():
+            for index, check in enumerate(table_model.checks):
+                if check.type == "relationships" and check.to:
+                    target = check.to.split(".")[0]
+                    if target not in tables:
+                        add(
+                            (kind, name, "checks", str(index), "to"),
+                            f"relationships check refers to unknown table {target!r}",
+                        )
+    for name, source in config.sources.items():
+        if source.connector and source.connector.manifest:
+            if not (config.base_dir / source.connector.manifest).is_file():
+                add(
+                    ("sources", name, "connector", "manifest"),
+                    f"manifest {source.connector.manifest} not found",
+                    "path is relative to the yaml",
+                )
+    return problems
+
+
+def load_pipeline(path: str | Path, lake_uri: str | None = None) -> PipelineConfig:
+    """Load and fully validate a pipeline file; raise :class:`ConfigError` listing all problems.
+
+    ``lake_uri`` (or the RAW2GOLD_LAKE_URI environment variable) overrides the lake location.
+    A relative local lake path is resolved against the current directory when overridden, and
+    against the yaml's folder when it comes from the file.
+    """
+    path = Path(path).resolve()
+    data, lines = read_pipeline_yaml(path)
+    file = str(path)
+    try:
+        config = PipelineConfig.model_validate(data)
+    except ValidationError as exc:
+        problems = _validation_problems(exc, file, lines)
+        partial = _valid_part(data)
+        if partial is not None:
+            partial = partial.model_copy(update={"base_dir": path.parent, "path": path})
+            problems += _semantic_problems(partial, file, lines, _all_table_names(data))
+        raise ConfigError(sorted(problems, key=lambda p: p.line or 0)) from None
+    override = lake_uri or os.environ.get("RAW2GOLD_LAKE_URI")
+    uri = override or config.lake.uri
+    if "://" not in uri:
+        base = Path.cwd() if override else path.parent
+        uri = str((base / uri).resolve())
+    config = config.model_copy(
+        update={
+            "base_dir": path.parent,
+            "path": path,
+            "lake": config.lake.model_copy(update={"uri": uri}),
+        }
+    )
+    problems = _semantic_problems(config, file, lines)
+    if problems:
+        raise ConfigError(problems)
+    return config
+
+
+def resolve_env(value: str) -> str:
+    """Replace ${VAR} references with the environment's values; a missing one is an error."""
+
+    def replace(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ConfigError(
+                [Problem("environment", None, name, "variable is not set", f"export {name}=...")]
+            )
+        return os.environ[name]
+
+    return ENV_PATTERN.sub(replace, value)
+
+
+def resolve_env_tree(value: Any) -> Any:
+    """resolve_env over every string of a nested dict/list (connector configs)."""
+    if isinstance(value, str):
+        return resolve_env(value)
+    if isinstance(value, dict):
+        return {k: resolve_env_tree(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [resolve_env_tree(v) for v in value]
+    return value
+
+
+def gold_order(config: PipelineConfig) -> list[str]:
+    """Gold tables in dependency order."""
+    graph = {
+        name: {r for r in model_refs(config, name) if r in config.gold} for name in config.gold
+    }
+    return list(TopologicalSorter(graph).static_order())

@@ -1,0 +1,314 @@
+"""Typed models of a pipeline.yaml.
+
+The models only describe shape and local constraints; checks that need the whole file (SQL files
+exist, references resolve, no cycles) live in :mod:`raw2gold.config.loader`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+Name = Annotated[str, Field(pattern=NAME_PATTERN)]
+ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
+SECRET_KEYS = {"access_key", "secret_key", "session_token", "password", "token", "client_secret"}
+
+
+class Strict(BaseModel):
+    """Base model: unknown keys are errors, so typos are caught."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class S3Settings(Strict):
+    """How to reach an S3 (or S3-compatible) lake. Credentials are never inline."""
+
+    endpoint: str | None = None
+    region: str = "us-east-1"
+    path_style: bool = False
+    access_key: str | None = None
+    secret_key: str | None = None
+    session_token: str | None = None
+    conn_id: str | None = Field(
+        default=None, description="Airflow connection id holding the credentials (aws type)."
+    )
+
+    @field_validator("access_key", "secret_key", "session_token")
+    @classmethod
+    def _env_reference_only(cls, value: str | None) -> str | None:
+        if value is not None and not ENV_REF.match(value):
+            raise ValueError(
+                "credentials are never written inline: use an environment reference such as "
+                "${AWS_SECRET_ACCESS_KEY} or an Airflow connection (conn_id)"
+            )
+        return value
+
+
+class LakeConfig(Strict):
+    """Where the lake lives: a local folder (default) or s3://bucket/prefix."""
+
+    uri: str = "./lake"
+    s3: S3Settings = S3Settings()
+
+    @property
+    def is_s3(self) -> bool:
+        return self.uri.startswith(("s3://", "s3a://"))
+
+
+class ConnectorSpec(Strict):
+    """An Airbyte connector run by raw2gold itself, installed from PyPI into its own venv."""
+
+    package: str = Field(description="PyPI distribution, e.g. airbyte-source-faker")
+    version: str = Field(pattern=r"^\d+(\.\d+)*([a-z0-9.+-]*)$", description="pinned version")
+    entrypoint: str | None = Field(
+        default=None, description="console script; default: the package name without 'airbyte-'"
+    )
+    manifest: str | None = Field(
+        default=None, description="low-code manifest YAML (run with source-declarative-manifest)"
+    )
+
+    @property
+    def command(self) -> str:
+        if self.entrypoint:
+            return self.entrypoint
+        if self.manifest:
+            return "source-declarative-manifest"
+        return self.package.removeprefix("airbyte-")
+
+
+class AirbyteServerSpec(Strict):
+    """A sync run by an Airbyte server (OSS or Cloud) whose S3 destination writes into raw."""
+
+    connection_id: str
+    conn_id: str = "airbyte_default"
+    path_pattern: str = Field(
+        default="{stream}/",
+        description="where the destination writes each stream, relative to destination_uri",
+    )
+    destination_uri: str | None = None
+    format: Literal["parquet", "jsonl", "csv"] = "parquet"
+
+
+class StreamConfig(Strict):
+    """One stream of a source."""
+
+    name: str
+    sync_mode: Literal["full_refresh", "incremental"] = "full_refresh"
+    cursor_field: list[str] = []
+    primary_key: list[str] = []
+
+    @model_validator(mode="after")
+    def _incremental_needs_cursor(self) -> StreamConfig:
+        if self.sync_mode == "incremental" and not self.cursor_field:
+            raise ValueError(f"stream {self.name!r}: incremental sync needs a cursor_field")
+        return self
+
+    @property
+    def table_name(self) -> str:
+        return re.sub(r"[^a-z0-9_]", "_", self.name.lower())
+
+
+class SourceConfig(Strict):
+    """A source: either an embedded connector or an Airbyte server connection."""
+
+    connector: ConnectorSpec | None = None
+    airbyte: AirbyteServerSpec | None = None
+    config: dict[str, Any] = {}
+    streams: list[StreamConfig] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _exactly_one_runner(self) -> SourceConfig:
+        if (self.connector is None) == (self.airbyte is None):
+            raise ValueError("give exactly one of 'connector' (embedded) or 'airbyte' (server)")
+        names = [s.name for s in self.streams]
+        if len(set(names)) != len(names):
+            raise ValueError("stream names must be unique within a source")
+        return self
+
+    def stream(self, name: str) -> StreamConfig:
+        for stream in self.streams:
+            if stream.name == name:
+                return stream
+        raise KeyError(name)
+
+
+class CheckConfig(Strict):
+    """A quality check on a table; `error` blocks publishing, `warn` only reports."""
+
+    type: Literal[
+        "not_null",
+        "unique",
+        "accepted_values",
+        "relationships",
+        "row_count",
+        "expression",
+        "sql",
+    ]
+    columns: list[str] = []
+    values: list[Any] = []
+    to: str | None = Field(default=None, description="relationships: table.column referenced")
+    min: int | None = None
+    max: int | None = None
+    expression: str | None = Field(default=None, description="expression: must hold on every row")
+    sql: str | None = Field(default=None, description="sql: returns the offending rows")
+    severity: Literal["error", "warn"] = "error"
+
+    @model_validator(mode="after")
+    def _arguments(self) -> CheckConfig:
+        needs = {
+            "not_null": bool(self.columns),
+            "unique": bool(self.columns),
+            "accepted_values": len(self.columns) == 1 and bool(self.values),
+            "relationships": len(self.columns) == 1 and bool(self.to and "." in self.to),
+            "row_count": self.min is not None or self.max is not None,
+            "expression": bool(self.expression),
+            "sql": bool(self.sql),
+        }
+        if not needs[self.type]:
+            hints = {
+                "not_null": "columns: [..]",
+                "unique": "columns: [..]",
+                "accepted_values": "one column and values: [..]",
+                "relationships": "one column and to: table.column",
+                "row_count": "min and/or max",
+                "expression": "expression: <SQL boolean>",
+                "sql": "sql: <query returning offending rows>",
+            }
+            raise ValueError(f"check {self.type} needs {hints[self.type]}")
+        return self
+
+    @property
+    def label(self) -> str:
+        detail = ",".join(self.columns) or self.expression or self.to or ""
+        return f"{self.type}({detail})" if detail else self.type
+
+
+SPARK_TYPES = re.compile(
+    r"^(string|boolean|tinyint|smallint|int|integer|bigint|long|float|double|date|timestamp|"
+    r"timestamp_ntz|binary|decimal\(\d+,\s*\d+\)|array<.+>|map<.+>|struct<.+>)$"
+)
+
+
+class ProcessedModel(Strict):
+    """A processed table built from one raw stream: typed, deduplicated, MERGEd into Delta."""
+
+    source: str = Field(description="<source>.<stream> in raw")
+    primary_key: list[str] = Field(min_length=1)
+    cursor: str | None = Field(default=None, description="ordering column: latest row wins")
+    columns: dict[str, str] = Field(min_length=1, description="column -> Spark SQL type")
+    partition_by: list[str] = []
+    checks: list[CheckConfig] = []
+
+    @field_validator("columns")
+    @classmethod
+    def _known_types(cls, columns: dict[str, str]) -> dict[str, str]:
+        bad = [f"{c}: {t}" for c, t in columns.items() if not SPARK_TYPES.match(t.strip().lower())]
+        if bad:
+            raise ValueError(f"unknown Spark SQL type for {', '.join(bad)}")
+        return columns
+
+    @model_validator(mode="after")
+    def _keys_are_columns(self) -> ProcessedModel:
+        missing = [
+            c
+            for c in [
+                *self.primary_key,
+                *([self.cursor] if self.cursor else []),
+                *self.partition_by,
+            ]
+            if c not in self.columns
+        ]
+        if missing:
+            raise ValueError(f"not declared in columns: {', '.join(missing)}")
+        if self.source.count(".") != 1:
+            raise ValueError("source must be <source>.<stream>")
+        return self
+
+
+class GoldModel(Strict):
+    """A gold table: a SQL file (with {{ ref('table') }}) or a PySpark function."""
+
+    sql: str | None = Field(default=None, description="path of a .sql file, relative to the yaml")
+    python: str | None = Field(default=None, description="module.py:function, relative to yaml")
+    format: Literal["delta", "parquet"] = "delta"
+    mode: Literal["overwrite", "merge"] = "overwrite"
+    keys: list[str] = []
+    partition_by: list[str] = []
+    checks: list[CheckConfig] = []
+
+    @model_validator(mode="after")
+    def _one_body(self) -> GoldModel:
+        if (self.sql is None) == (self.python is None):
+            raise ValueError("give exactly one of 'sql' or 'python'")
+        if self.mode == "merge" and (self.format != "delta" or not self.keys):
+            raise ValueError("mode merge needs format delta and keys: [..]")
+        return self
+
+
+class SparkConfig(Strict):
+    """Where and how Spark runs: local (embedded JVM), cluster (spark-submit) or ssh."""
+
+    mode: Literal["local", "cluster", "ssh"] = "local"
+    master: str = "local[2]"
+    conf: dict[str, str] = {}
+    ssh_conn_id: str | None = None
+    spark_conn_id: str | None = None
+
+
+class NotificationsConfig(Strict):
+    """Failure and success notifications; credentials live in Airflow connections."""
+
+    slack_conn_id: str | None = None
+    email_conn_id: str | None = None
+    email_to: list[str] = []
+    webhook_conn_id: str | None = None
+    on_success: bool = False
+    on_retry: bool = False
+
+
+class OrchestrationConfig(Strict):
+    """Schedule and reliability settings of the generated DAG."""
+
+    schedule: str | None = None
+    timezone: str = "UTC"
+    start_date: str = "2026-01-01"
+    catchup: bool = False
+    retries: int = Field(default=2, ge=0, le=20)
+    retry_delay_seconds: int = Field(default=30, ge=0)
+    max_retry_delay_seconds: int = Field(default=600, ge=0)
+    ingest_timeout_minutes: int = Field(default=60, ge=1)
+    transform_timeout_minutes: int = Field(default=120, ge=1)
+    tags: list[str] = []
+
+
+class PipelineConfig(Strict):
+    """A whole pipeline.yaml."""
+
+    name: Name
+    description: str = ""
+    lake: LakeConfig = LakeConfig()
+    spark: SparkConfig = SparkConfig()
+    sources: dict[Name, SourceConfig] = Field(min_length=1)
+    processed: dict[Name, ProcessedModel] = {}
+    gold: dict[Name, GoldModel] = {}
+    orchestration: OrchestrationConfig = OrchestrationConfig()
+    notifications: NotificationsConfig = NotificationsConfig()
+
+    # Set by the loader: the folder the yaml lives in (model paths are relative to it).
+    base_dir: Path = Field(default=Path("."), exclude=True)
+    path: Path = Field(default=Path("pipeline.yaml"), exclude=True)
+
+    def table_kind(self, name: str) -> Literal["processed", "gold"] | None:
+        if name in self.processed:
+            return "processed"
+        if name in self.gold:
+            return "gold"
+        return None
+
+    @property
+    def dag_id(self) -> str:
+        return f"raw2gold_{self.name}"

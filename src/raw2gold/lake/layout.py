@@ -1,0 +1,226 @@
+"""The lake's layout, in one place, for a local folder and S3 alike.
+
+```
+raw/<source>/<stream>/ingest_date=YYYY-MM-DD/run_id=<id>/part-*.parquet
+raw/<source>/_runs/<run_id>.json          run manifest, written last: readers see only these
+processed/<table>/                        Delta
+gold/<table>/                             Delta, or Parquet: version=<run_id>/ + _current.json
+quarantine/<table>/                       Delta: rejected rows with the reason
+_state/sources/<source>.json              connector state of the last committed run
+_state/runs/<run_id>/                     run bookkeeping (stage summaries)
+_staging/<run_id>/gold/<table>/           gold built and checked, not yet published
+```
+See docs/lake-layout.md.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+from urllib.parse import urlparse
+
+import pyarrow.fs as pafs
+
+from raw2gold.config.loader import resolve_env
+from raw2gold.config.models import LakeConfig
+
+RUN_ID_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
+
+
+def make_run_id(orchestrator_run_id: str | None = None, when: datetime | None = None) -> str:
+    """A path-safe run id, stable for a given orchestrator run id (so re-runs are idempotent).
+
+    Airflow run ids contain ':' and '+', which Hadoop paths reject, so they are not used as is.
+    """
+    when = (when or datetime.now(UTC)).astimezone(UTC)
+    seed = orchestrator_run_id or uuid.uuid4().hex
+    digest = hashlib.sha256(seed.encode()).hexdigest()[:8]
+    return f"{when:%Y%m%dT%H%M%S}Z-{digest}"
+
+
+@dataclass(frozen=True)
+class S3Credentials:
+    """Resolved S3 access settings (never logged)."""
+
+    endpoint: str | None
+    region: str
+    path_style: bool
+    access_key: str | None
+    secret_key: str | None
+    session_token: str | None
+
+    def __repr__(self) -> str:
+        return f"S3Credentials(endpoint={self.endpoint!r}, region={self.region!r}, keys=***)"
+
+
+def s3_credentials(config: LakeConfig) -> S3Credentials:
+    """Resolve ${ENV} references (and an Airflow connection, when configured) for the lake."""
+    s3 = config.s3
+    access_key = resolve_env(s3.access_key) if s3.access_key else None
+    secret_key = resolve_env(s3.secret_key) if s3.secret_key else None
+    token = resolve_env(s3.session_token) if s3.session_token else None
+    endpoint = s3.endpoint
+    if s3.conn_id and not access_key:
+        from raw2gold.lake.connections import aws_connection_credentials
+
+        access_key, secret_key, token, endpoint = aws_connection_credentials(s3.conn_id, endpoint)
+    return S3Credentials(endpoint, s3.region, s3.path_style, access_key, secret_key, token)
+
+
+class Lake:
+    """Paths and small-file I/O over the lake, local or on S3."""
+
+    def __init__(self, config: LakeConfig):
+        self.config = config
+        uri = config.uri
+        if config.is_s3:
+            parsed = urlparse(uri)
+            self.scheme = "s3"
+            self.root = f"{parsed.netloc}/{parsed.path.strip('/')}".rstrip("/")
+            self.credentials: S3Credentials | None = s3_credentials(config)
+        else:
+            self.scheme = "file"
+            self.root = uri.removeprefix("file://").rstrip("/") or "/"
+            self.credentials = None
+        self._fs: pafs.FileSystem | None = None
+
+    # ---- file system -------------------------------------------------------------------------
+    @property
+    def fs(self) -> pafs.FileSystem:
+        """A pyarrow file system rooted nowhere: paths are ``self.path(...)``."""
+        if self._fs is None:
+            if self.credentials is None:
+                self._fs = pafs.LocalFileSystem()
+            else:
+                c = self.credentials
+                endpoint = c.endpoint
+                scheme = "https"
+                if endpoint and "://" in endpoint:
+                    scheme, _, endpoint = endpoint.partition("://")
+                self._fs = pafs.S3FileSystem(
+                    access_key=c.access_key,
+                    secret_key=c.secret_key,
+                    session_token=c.session_token,
+                    region=c.region,
+                    endpoint_override=endpoint,
+                    scheme=scheme,
+                    force_virtual_addressing=not c.path_style,
+                    allow_bucket_creation=False,
+                )
+        return self._fs
+
+    def path(self, *parts: str) -> str:
+        """A path inside the lake, for ``self.fs`` (no scheme)."""
+        return "/".join([self.root, *[p.strip("/") for p in parts if p]])
+
+    def uri(self, *parts: str) -> str:
+        """A full URI (s3://... or a local absolute path) for humans, DuckDB and delta-rs."""
+        path = self.path(*parts)
+        return f"s3://{path}" if self.scheme == "s3" else path
+
+    def spark_uri(self, *parts: str) -> str:
+        """The URI Spark reads and writes: s3a://... or file:/abs/path."""
+        path = self.path(*parts)
+        return f"s3a://{path}" if self.scheme == "s3" else f"file:{path}"
+
+    # ---- layout ------------------------------------------------------------------------------
+    @staticmethod
+    def raw_run_dir(source: str, stream: str, ingest_date: str, run_id: str) -> str:
+        return f"raw/{source}/{stream}/ingest_date={ingest_date}/run_id={run_id}"
+
+    @staticmethod
+    def raw_manifest(source: str, run_id: str) -> str:
+        return f"raw/{source}/_runs/{run_id}.json"
+
+    @staticmethod
+    def processed_table(table: str) -> str:
+        return f"processed/{table}"
+
+    @staticmethod
+    def gold_table(table: str) -> str:
+        return f"gold/{table}"
+
+    @staticmethod
+    def quarantine_table(table: str) -> str:
+        return f"quarantine/{table}"
+
+    @staticmethod
+    def source_state_file(source: str) -> str:
+        return f"_state/sources/{source}.json"
+
+    @staticmethod
+    def run_record(run_id: str, name: str) -> str:
+        return f"_state/runs/{run_id}/{name}.json"
+
+    @staticmethod
+    def staging_gold(run_id: str, table: str) -> str:
+        return f"_staging/{run_id}/gold/{table}"
+
+    # ---- small files -------------------------------------------------------------------------
+    def exists(self, *parts: str) -> bool:
+        info = self.fs.get_file_info(self.path(*parts))
+        return bool(info.type != pafs.FileType.NotFound)
+
+    def write_json(self, relative: str, payload: Any) -> None:
+        """Write JSON so that readers see the old file or the whole new one, never a part.
+
+        Local: write a temporary file and rename it. S3: one PUT is atomic.
+        """
+        data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+        target = self.path(relative)
+        if self.scheme == "s3":
+            with self.fs.open_output_stream(target) as out:
+                out.write(data)
+            return
+        self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        temporary = f"{target}.tmp-{uuid.uuid4().hex[:8]}"
+        with self.fs.open_output_stream(temporary) as out:
+            out.write(data)
+        self.fs.move(temporary, target)
+
+    def read_json(self, relative: str) -> Any:
+        with self.fs.open_input_stream(self.path(relative)) as stream:
+            return json.loads(stream.read())
+
+    def list_files(self, relative: str, suffix: str = "") -> list[str]:
+        """Lake-relative paths of the files below a folder (none when it does not exist)."""
+        selector = pafs.FileSelector(self.path(relative), recursive=True, allow_not_found=True)
+        prefix = self.root + "/"
+        return sorted(
+            info.path.removeprefix(prefix)
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.File and info.path.endswith(suffix)
+        )
+
+    def delete_dir(self, relative: str) -> None:
+        path = self.path(relative)
+        if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
+            self.fs.delete_dir(path)
+
+    # ---- runs ---------------------------------------------------------------------------------
+    def committed_raw_runs(self, source: str) -> list[dict[str, Any]]:
+        """Manifests of the source's committed runs, oldest first."""
+        manifests = [self.read_json(p) for p in self.list_files(f"raw/{source}/_runs", ".json")]
+        return sorted(manifests, key=lambda m: (m.get("finished_at", ""), m["run_id"]))
+
+    def source_state(self, source: str) -> Any:
+        """Connector state of the newest committed run (the manifest is the source of truth)."""
+        runs = self.committed_raw_runs(source)
+        for manifest in reversed(runs):
+            if manifest.get("state") is not None:
+                return manifest["state"]
+        return None
+
+
+def lake_for(config: LakeConfig) -> Lake:
+    """The lake of a pipeline config."""
+    return Lake(config)
+
+
+def utc_now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")

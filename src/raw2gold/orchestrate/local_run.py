@@ -1,0 +1,160 @@
+"""Run a pipeline's DAG once through Airflow (`airflow dags test`) and follow it live.
+
+Used by `raw2gold run`: it prepares a private Airflow home (SQLite, examples off), runs the DAG
+in a subprocess, turns Airflow's log into one line per task event, keeps the full log in a file,
+and returns what each task did.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from raw2gold.config import PipelineConfig
+
+DAGS_FOLDER = Path(__file__).parent / "dags"
+STARTING = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
+ENDED = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
+NEW_STATE = re.compile(r"new_state=(\w+)")
+RUN_FAILED = re.compile(r"Marking run .* failed")
+
+
+def raw2gold_home() -> Path:
+    """Where raw2gold keeps its local Airflow home and run logs (RAW2GOLD_HOME, ./.raw2gold)."""
+    return Path(os.environ.get("RAW2GOLD_HOME", ".raw2gold")).resolve()
+
+
+def airflow_env(pipeline_path: Path, lake_uri: str | None) -> dict[str, str]:
+    """Environment for a private, local Airflow that sees exactly one pipeline."""
+    home = raw2gold_home() / "airflow"
+    home.mkdir(parents=True, exist_ok=True)
+    bin_dir = str(Path(sys.executable).parent)
+    env = {
+        **os.environ,
+        "PATH": bin_dir + os.pathsep + os.environ.get("PATH", ""),
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(DAGS_FOLDER),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+        "AIRFLOW__CORE__UNIT_TEST_MODE": "False",
+        "AIRFLOW__API__HOST": "127.0.0.1",
+        "AIRFLOW__LOGGING__COLORED_CONSOLE_LOG": "False",
+        "RAW2GOLD_PIPELINES": str(pipeline_path),
+        "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    if lake_uri:
+        env["RAW2GOLD_LAKE_URI"] = lake_uri
+    return env
+
+
+def ensure_airflow_db(env: dict[str, str]) -> None:
+    """Create the SQLite metadata DB once (about 6 s); later runs reuse it."""
+    marker = Path(env["AIRFLOW_HOME"]) / ".raw2gold-db-ready"
+    if marker.exists():
+        return
+    result = subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
+        raise RuntimeError(f"airflow db migrate failed: {' '.join(tail)}")
+    marker.write_text("ok\n")
+
+
+@dataclass
+class TaskEvent:
+    """What happened to one task of the run."""
+
+    task_id: str
+    state: str = "running"
+    started: float = 0.0
+    seconds: float = 0.0
+    tries: int = 0
+
+
+@dataclass
+class RunResult:
+    """The outcome of one `airflow dags test` run."""
+
+    run_id: str
+    ok: bool
+    tasks: dict[str, TaskEvent] = field(default_factory=dict)
+    log_file: Path = Path()
+    seconds: float = 0.0
+    error: str = ""
+
+
+def run_dag_test(
+    config: PipelineConfig,
+    run_id: str,
+    *,
+    lake_uri: str | None = None,
+    full_refresh: bool = False,
+    on_event: Callable[[TaskEvent], None] | None = None,
+) -> RunResult:
+    """Run the pipeline's DAG once with `airflow dags test`, reporting task events as they come."""
+    env = airflow_env(config.path, lake_uri)
+    ensure_airflow_db(env)
+    log_dir = raw2gold_home() / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_file = log_dir / f"{config.name}-{run_id}.log"
+    conf = json.dumps({"run_id": run_id, "full_refresh": full_refresh})
+    cmd = [sys.executable, "-m", "airflow", "dags", "test", config.dag_id, "--conf", conf]
+    started = time.monotonic()
+    result = RunResult(run_id=run_id, ok=False, log_file=log_file)
+    current: TaskEvent | None = None
+    errors: list[str] = []
+    with (
+        log_file.open("w") as log,
+        subprocess.Popen(
+            cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        ) as process,
+    ):
+        assert process.stdout is not None
+        for line in process.stdout:
+            log.write(line)
+            if match := STARTING.search(line):
+                task_id = match.group(1)
+                current = result.tasks.setdefault(task_id, TaskEvent(task_id))
+                current.started = time.monotonic()
+                current.tries += 1
+                current.state = "running"
+                if on_event:
+                    on_event(current)
+            elif current and "Task instance state updated" in line and "new_state=" in line:
+                state = NEW_STATE.search(line)
+                if state:
+                    current.state = state.group(1)
+            elif current and (match := ENDED.search(line)):
+                current.seconds += time.monotonic() - current.started
+                if current.state == "running":
+                    current.state = "success"
+                if on_event:
+                    on_event(current)
+                current = None
+            elif "raw2gold:" in line or "AirflowException" in line or "Error:" in line:
+                errors.append(line.strip())
+        code = process.wait()
+    result.seconds = time.monotonic() - started
+    failed = [t for t in result.tasks.values() if t.state in {"failed", "upstream_failed"}]
+    result.ok = code == 0 and not failed
+    if not result.ok:
+        result.error = _first_error(errors) or f"airflow dags test exited {code}"
+    return result
+
+
+def _first_error(lines: list[str]) -> str:
+    for line in lines:
+        if "raw2gold:" in line:
+            return "raw2gold:" + line.split("raw2gold:", 1)[1].strip()
+    return lines[0][:300] if lines else ""

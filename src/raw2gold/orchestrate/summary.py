@@ -1,0 +1,29 @@
+"""A run's summary: rows per layer and time per stage, read back from the lake's bookkeeping."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from raw2gold.config import load_pipeline
+from raw2gold.lake import Lake
+
+
+def run_summary(pipeline_path: str, run_id: str, lake_uri: str | None = None) -> dict[str, Any]:
+    """Collect what each stage recorded for ``run_id``: raw manifests and stage summaries."""
+    config = load_pipeline(pipeline_path, lake_uri=lake_uri)
+    lake = Lake(config.lake)
+    raw: dict[str, Any] = {}
+    for source in config.sources:
+        relative = Lake.raw_manifest(source, run_id)
+        if lake.exists(relative):
+            manifest = lake.read_json(relative)
+            raw[source] = {
+                name: {"records": s.get("records", 0), "quarantined": s.get("quarantined", 0)}
+                for name, s in manifest.get("streams", {}).items()
+            }
+    stages = {}
+    for stage in ("transform", "check", "publish"):
+        relative = Lake.run_record(run_id, stage)
+        if lake.exists(relative):
+            stages[stage] = lake.read_json(relative)
+    return {"pipeline": config.name, "run_id": run_id, "raw": raw, "stages": stages}
