@@ -35,8 +35,9 @@ def _load(args: argparse.Namespace) -> PipelineConfig:
 def cmd_validate(args: argparse.Namespace) -> int:
     config = _load(args)
     console.print(
-        f"[green]ok[/green] {config.path}: pipeline {config.name!r}, {len(config.sources)} sources, "
-        f"{len(config.processed)} processed and {len(config.gold)} gold tables"
+        f"[green]ok[/green] {config.path}: pipeline {config.name!r}, "
+        f"{len(config.sources)} sources, {len(config.processed)} processed and "
+        f"{len(config.gold)} gold tables"
     )
     return 0
 
@@ -205,6 +206,81 @@ def cmd_sources(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- airflow / trigger ---------------------------------------------------------------------
+def cmd_airflow(args: argparse.Namespace) -> int:
+    from raw2gold.orchestrate import local_airflow
+
+    if args.action == "up":
+        console.print(f"starting Airflow on 127.0.0.1:{args.port} (four processes, ~30-60 s)")
+        started = local_airflow.up(
+            pipelines=args.pipelines or ["pipeline.yaml"], port=args.port, db_url=args.db_url
+        )
+        console.print(
+            f"[green]Airflow is up[/green] at {started.url}\n"
+            f"  user: {started.username}  password: {started.password()}\n"
+            f"  pipelines: {started.pipelines}\n  db: {started.db}\n"
+            f"  logs: {local_airflow.run_dir()}/*.log · stop with: raw2gold airflow down"
+        )
+        return 0
+    if args.action == "down":
+        stopped = local_airflow.down(timeout=args.timeout)
+        console.print("stopped the local Airflow" if stopped else "no local Airflow is running")
+        return 0
+    state, alive, report = local_airflow.status()
+    if state is None:
+        console.print("no local Airflow recorded (start one with `raw2gold airflow up`)")
+        return 1
+    console.print(f"Airflow at {state.url} · db {state.db} · pipelines {state.pipelines}")
+    for component in state.components:
+        mark = "[green]alive[/green]" if alive.get(component.name) else "[red]dead[/red]"
+        part = (report or {}).get(component.name.replace("-", "_"), {})
+        health = part.get("status", "") if isinstance(part, dict) else ""
+        console.print(f"  {component.name:<14} pid {component.pid:<8} {mark} {health}")
+    healthy = local_airflow.is_healthy(report)
+    console.print(f"  health: {'[green]healthy[/green]' if healthy else '[red]unhealthy[/red]'}")
+    return 0 if healthy and all(alive.values()) else 1
+
+
+def cmd_trigger(args: argparse.Namespace) -> int:
+    from raw2gold.orchestrate.local_airflow import client_from_state
+    from raw2gold.orchestrate.trigger import (
+        TaskChange,
+        follow_run,
+        parse_params,
+        resolve_dag_id,
+        start_run,
+    )
+
+    try:
+        conf = parse_params(args.param or [])
+    except ValueError as exc:
+        raise CliError(str(exc)) from exc
+    dag_id = resolve_dag_id(args.target)
+    client = client_from_state(args.url, args.user, args.password)
+    try:
+        run_id = start_run(client, dag_id, conf)
+        console.print(f"triggered [bold]{dag_id}[/bold] run {run_id} at {client.url}")
+        if args.no_wait:
+            return 0
+        marks = {"success": "[green]✔[/green]", "failed": "[red]✘[/red]"}
+
+        def show(change: TaskChange) -> None:
+            mark = marks.get(change.state, "[cyan]…[/cyan]")
+            took = f" in {change.duration:.1f}s" if change.duration else ""
+            console.print(
+                f"  {mark} {change.task_id} {change.state} (try {change.try_number}){took}"
+            )
+
+        result = follow_run(client, dag_id, run_id, on_change=show)
+    finally:
+        client.close()
+    if not result.ok:
+        failed = ", ".join(result.failed_tasks) or "no task failed"
+        raise CliError(f"run {run_id} of {dag_id} {result.state}: failed task(s): {failed}")
+    console.print(f"[green]run {run_id} succeeded[/green] in {result.seconds:.0f}s")
+    return 0
+
+
 def parser() -> argparse.ArgumentParser:
     """The argument parser of `raw2gold`."""
     top = argparse.ArgumentParser(
@@ -250,6 +326,30 @@ def parser() -> argparse.ArgumentParser:
     sources.add_argument("source")
     with_pipeline(sources)
     sources.set_defaults(func=cmd_sources)
+
+    airflow = sub.add_parser("airflow", help="a local Airflow on 127.0.0.1: up, down, status")
+    airflow.add_argument("action", choices=["up", "down", "status"])
+    airflow.add_argument(
+        "--pipelines", nargs="+", metavar="GLOB", help="pipeline files (default: pipeline.yaml)"
+    )
+    airflow.add_argument("--port", type=int, default=8080, help="api-server port (up)")
+    airflow.add_argument(
+        "--db-url",
+        help="metadata DB connection string (default: SQLite; env RAW2GOLD_AIRFLOW_DB_URL)",
+    )
+    airflow.add_argument("--timeout", type=float, default=30.0, help="seconds to wait on down")
+    airflow.set_defaults(func=cmd_airflow)
+
+    trigger = sub.add_parser("trigger", help="start a run on the local Airflow and follow it")
+    trigger.add_argument("target", metavar="PIPELINE_OR_DAG_ID")
+    trigger.add_argument(
+        "--param", action="append", metavar="K=V", help="run parameter (JSON value if it parses)"
+    )
+    trigger.add_argument("--no-wait", action="store_true", help="do not follow the run")
+    trigger.add_argument("--url", help="Airflow base URL (default: the local Airflow)")
+    trigger.add_argument("--user", help="user name with --url")
+    trigger.add_argument("--password", help="password with --url")
+    trigger.set_defaults(func=cmd_trigger)
     return top
 
 
@@ -275,7 +375,8 @@ def main(argv: list[str] | None = None) -> int:
             traceback.print_exc()
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         err.print(
-            f"[red]raw2gold:[/red] {type(exc).__name__}: {escape(first)} (run with --verbose for details)",
+            f"[red]raw2gold:[/red] {type(exc).__name__}: {escape(first)} "
+            "(run with --verbose for details)",
             soft_wrap=True,
         )
         return 1

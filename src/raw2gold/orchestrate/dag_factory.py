@@ -17,7 +17,7 @@ import pendulum
 from airflow.sdk import DAG, Asset, Param, TaskGroup
 
 from raw2gold.config import PipelineConfig, load_pipeline
-from raw2gold.orchestrate.notify import failure_callbacks
+from raw2gold.orchestrate.notify import failure_callbacks, retry_callbacks
 from raw2gold.orchestrate.operators import (
     IngestSourceOperator,
     RunSummaryOperator,
@@ -47,6 +47,7 @@ def build_dag(config: PipelineConfig) -> DAG:
         "retry_exponential_backoff": 2.0,
         "max_retry_delay": timedelta(seconds=orchestration.max_retry_delay_seconds),
         "on_failure_callback": failure_callbacks(config.name, config.notifications),
+        "on_retry_callback": retry_callbacks(config.name, config.notifications),
     }
     start = pendulum.parse(orchestration.start_date, tz=orchestration.timezone)
     ingest_timeout = timedelta(minutes=orchestration.ingest_timeout_minutes)

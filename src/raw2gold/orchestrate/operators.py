@@ -144,7 +144,8 @@ class SparkStageOperator(BaseOperator):
 
 
 class RunSummaryOperator(BaseOperator):
-    """Close the run: collect the stages' summaries from the lake and log one summary."""
+    """Close the run: collect the stages' summaries from the lake, log them, and notify
+    (quality warnings always, the success summary when notifications.on_success is set)."""
 
     template_fields = ("pipeline_path",)
 
@@ -153,9 +154,15 @@ class RunSummaryOperator(BaseOperator):
         self.pipeline_path = pipeline_path
 
     def execute(self, context: Any) -> dict[str, Any]:
+        from raw2gold.config import load_pipeline
+        from raw2gold.orchestrate.notify import run_notifications, send
         from raw2gold.orchestrate.summary import run_summary
 
         run_id, _ = run_ids(context)
         summary = run_summary(self.pipeline_path, run_id)
         self.log.info("run summary: %s", json.dumps(summary, default=str))
+        config = load_pipeline(self.pipeline_path)
+        for message in run_notifications(config.name, config.notifications, summary, run_id):
+            delivered = send(config.notifications, message)
+            self.log.info("notification %s: %s", message.event, delivered)
         return summary

@@ -1,0 +1,228 @@
+"""Retries, failure notifications and timeouts, run by Airflow itself (`airflow dags test`).
+
+Notifications go to real servers on 127.0.0.1: an HTTP receiver standing in for Slack's
+incoming-webhook endpoint and the generic JSON webhook (Slack itself cannot be reached here), and
+a real SMTP server (aiosmtpd).
+"""
+
+from __future__ import annotations
+
+import email
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+DAG_FILE = '''
+"""Test DAGs for raw2gold's notifications, retries and timeouts (airflow dag file)."""
+import os
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pendulum
+from airflow.providers.standard.operators.python import PythonOperator
+from airflow.sdk import DAG
+
+from raw2gold.config.models import NotificationsConfig
+from raw2gold.orchestrate.notify import failure_callbacks, retry_callbacks
+from raw2gold.orchestrate.operators import SparkStageOperator
+
+STATE = Path(os.environ.get("R2G_TEST_STATE", "/nonexistent"))
+settings = NotificationsConfig(
+    slack_conn_id="r2g_slack",
+    email_conn_id="r2g_smtp",
+    email_to=["oncall@example.com"],
+    webhook_conn_id="r2g_hook",
+    on_retry=True,
+)
+
+
+def always_fails():
+    raise ValueError("the source table orders is empty\\nsecond line of detail")
+
+
+def fails_once():
+    attempts = STATE / "attempts"
+    count = int(attempts.read_text()) + 1 if attempts.exists() else 1
+    attempts.write_text(str(count))
+    if count == 1:
+        raise RuntimeError("transient: connection reset by peer")
+
+
+class SleepingStage(SparkStageOperator):
+    def command(self, run_id, full_refresh):
+        code = (
+            "import os, time; "
+            "open(os.environ['R2G_TEST_STATE'] + '/child.pid', 'w').write(str(os.getpid())); "
+            "time.sleep(600)"
+        )
+        return [sys.executable, "-c", code]
+
+
+common = dict(start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), schedule=None, catchup=False)
+with DAG(
+    "r2g_always_fails",
+    default_args={"retries": 0, "on_failure_callback": failure_callbacks("demo", settings)},
+    **common,
+):
+    PythonOperator(task_id="load_orders", python_callable=always_fails)
+
+with DAG(
+    "r2g_fails_once",
+    default_args={
+        "retries": 1,
+        "retry_delay": timedelta(seconds=1),
+        "on_failure_callback": failure_callbacks("demo", settings),
+        "on_retry_callback": retry_callbacks("demo", settings),
+    },
+    **common,
+):
+    PythonOperator(task_id="flaky", python_callable=fails_once)
+
+with DAG("r2g_timeout", default_args={"retries": 0}, **common):
+    SleepingStage(
+        task_id="spark", pipeline_path="unused", stage="transform",
+        execution_timeout=timedelta(seconds=8),
+    )
+'''
+
+
+@pytest.fixture(scope="module")
+def airflow_home(tmp_path_factory) -> dict[str, str]:
+    home = tmp_path_factory.mktemp("airflow-home")
+    dags = home / "dags"
+    dags.mkdir()
+    (dags / "r2g_test_dags.py").write_text(DAG_FILE)
+    env = {
+        **os.environ,
+        "AIRFLOW_HOME": str(home),
+        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
+        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
+    }
+    subprocess.run(
+        [sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True
+    )
+    return env
+
+
+def dags_test(
+    env: dict[str, str], dag_id: str, state: Path, **conns: dict
+) -> subprocess.CompletedProcess:
+    state.mkdir(parents=True, exist_ok=True)
+    run_env = {**env, "R2G_TEST_STATE": str(state)}
+    for conn_id, conn in conns.items():
+        run_env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
+    return subprocess.run(
+        [sys.executable, "-m", "airflow", "dags", "test", dag_id],
+        env=run_env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def channels(http_url: str, smtp_port: int, slack_path: str = "/slack", hook_path: str = "/hook"):
+    return {
+        "r2g_slack": {"conn_type": "slackwebhook", "password": f"{http_url}{slack_path}"},
+        "r2g_hook": {"conn_type": "http", "host": f"{http_url}{hook_path}"},
+        "r2g_smtp": {
+            "conn_type": "smtp",
+            "host": "127.0.0.1",
+            "port": smtp_port,
+            "extra": {"disable_ssl": True, "disable_tls": True, "from_email": "raw2gold@localhost"},
+        },
+    }
+
+
+def test_failure_notifies_slack_webhook_and_email(
+    airflow_home, http_receiver, smtp_server, tmp_path
+) -> None:
+    result = dags_test(
+        airflow_home,
+        "r2g_always_fails",
+        tmp_path / "state",
+        **channels(http_receiver.url, smtp_server.port),
+    )
+    assert result.returncode != 0, "a failing task must fail the run"
+    bodies = [json.loads(b) for b in http_receiver.received()]
+    slack = [b for b in bodies if "blocks" in b or ("text" in b and "source" not in b)]
+    hook = [b for b in bodies if b.get("source") == "raw2gold"]
+    assert len(slack) == 1 and len(hook) == 1, bodies
+    text = slack[0]["text"]
+    assert "Pipeline demo: task load_orders failed (try 1)" in text
+    assert "manual__" in text  # the run id
+    assert "Error: the source table orders is empty" in text
+    assert "second line" not in text  # one-line error
+    assert hook[0]["event"] == "task_failed" and hook[0]["task_id"] == "load_orders"
+    (mail,) = smtp_server.received()
+    message = email.message_from_bytes(mail)
+    assert message["Subject"] == "[raw2gold] demo: task load_orders failed"
+    assert message["To"] == "oncall@example.com"
+    body = "".join(
+        part.get_payload(decode=True).decode() for part in message.walk() if not part.is_multipart()
+    )
+    assert "the source table orders is empty" in body
+
+
+def test_undeliverable_notification_does_not_mask_the_failure(airflow_home, tmp_path) -> None:
+    from tests.fixtures.servers import free_port
+
+    closed = free_port()  # nothing listens there
+    result = dags_test(
+        airflow_home,
+        "r2g_always_fails",
+        tmp_path / "state",
+        **channels(f"http://127.0.0.1:{closed}", closed),
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode != 0
+    assert "the source table orders is empty" in output
+    assert "could not deliver the slack notification" in output
+    assert "could not deliver the email notification" in output
+
+
+def test_a_task_that_fails_once_succeeds_on_its_second_try(
+    airflow_home, http_receiver, smtp_server, tmp_path
+) -> None:
+    state = tmp_path / "state"
+    result = dags_test(
+        airflow_home, "r2g_fails_once", state, **channels(http_receiver.url, smtp_server.port)
+    )
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert (state / "attempts").read_text() == "2"
+    output = result.stdout + result.stderr
+    assert "up_for_retry" in output
+    hook = [json.loads(b) for b in http_receiver.received()]
+    retries = [b for b in hook if b.get("event") == "task_retry"]
+    assert len(retries) == 1 and retries[0]["try_number"] == 1
+    assert "transient: connection reset by peer" in retries[0]["error"]
+    assert not [b for b in hook if b.get("event") == "task_failed"]
+
+
+def test_a_task_over_its_timeout_is_killed_with_its_external_process(
+    airflow_home, tmp_path
+) -> None:
+    state = tmp_path / "state"
+    result = dags_test(airflow_home, "r2g_timeout", state)
+    assert result.returncode != 0
+    assert "AirflowTaskTimeout" in result.stdout + result.stderr
+    pid = int((state / "child.pid").read_text())
+    deadline = time.monotonic() + 15
+    while time.monotonic() < deadline and _alive(pid):
+        time.sleep(0.2)
+    assert not _alive(pid), f"the stage's process {pid} survived the task timeout"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A zombie is dead for our purpose.
+    status = Path(f"/proc/{pid}/status")
+    return status.exists() and "State:\tZ" not in status.read_text()
