@@ -216,6 +216,20 @@ class Lake:
                 return manifest["state"]
         return None
 
+    def source_state_messages(self, source: str) -> list[dict[str, Any]] | None:
+        """Airbyte STATE messages of the newest committed run that has state (for ``--state``).
+
+        Embedded-connector manifests keep ``state`` as the list of the last STATE message per
+        stream (or one GLOBAL message), which is what a connector's ``--state`` file takes.
+        """
+        for manifest in reversed(self.committed_raw_runs(source)):
+            state = manifest.get("state")
+            if isinstance(state, list):
+                return state
+            if isinstance(state, dict):  # a single (legacy or global) state object
+                return [state]
+        return None
+
 
 def lake_for(config: LakeConfig) -> Lake:
     """The lake of a pipeline config."""

@@ -47,7 +47,6 @@ class IngestSourceOperator(BaseOperator):
         super().__init__(**kwargs)
         self.pipeline_path = pipeline_path
         self.source = source
-        self._process: Any = None
 
     def execute(self, context: Any) -> dict[str, Any]:
         from raw2gold.config import load_pipeline
@@ -74,6 +73,13 @@ class IngestSourceOperator(BaseOperator):
         if bad:
             self.log.warning("quarantined records per stream: %s", bad)
         return {"run_id": run_id, "source": self.source, "records": rows, "quarantined": bad}
+
+    def on_kill(self) -> None:
+        """Stop the connector: its whole process group, so no child survives the task."""
+        from raw2gold.ingest import terminate_all
+
+        stopped = terminate_all()
+        self.log.info("stopped %d connector process(es)", stopped)
 
 
 class SparkStageOperator(BaseOperator):
