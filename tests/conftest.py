@@ -4,4 +4,5 @@ pytest_plugins = [
     "tests.fixtures.paths",
     "tests.fixtures.spark",
     "tests.fixtures.servers",
+    "tests.fixtures.airflow",
 ]

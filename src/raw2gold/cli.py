@@ -208,12 +208,24 @@ def cmd_sources(args: argparse.Namespace) -> int:
 
 # ---- airflow / trigger ---------------------------------------------------------------------
 def cmd_airflow(args: argparse.Namespace) -> int:
+    from raw2gold.orchestrate.local_airflow import AirflowError
+
+    try:
+        return _airflow(args)
+    except AirflowError as exc:
+        raise CliError(str(exc)) from exc
+
+
+def _airflow(args: argparse.Namespace) -> int:
     from raw2gold.orchestrate import local_airflow
 
     if args.action == "up":
         console.print(f"starting Airflow on 127.0.0.1:{args.port} (four processes, ~30-60 s)")
         started = local_airflow.up(
-            pipelines=args.pipelines or ["pipeline.yaml"], port=args.port, db_url=args.db_url
+            pipelines=args.pipelines or ["pipeline.yaml"],
+            port=args.port,
+            db_url=args.db_url,
+            progress=lambda message: console.print(f"  … {message}"),
         )
         console.print(
             f"[green]Airflow is up[/green] at {started.url}\n"
@@ -235,6 +247,8 @@ def cmd_airflow(args: argparse.Namespace) -> int:
         mark = "[green]alive[/green]" if alive.get(component.name) else "[red]dead[/red]"
         part = (report or {}).get(component.name.replace("-", "_"), {})
         health = part.get("status", "") if isinstance(part, dict) else ""
+        if component.name == "api-server" and report is not None:
+            health = "answering"
         console.print(f"  {component.name:<14} pid {component.pid:<8} {mark} {health}")
     healthy = local_airflow.is_healthy(report)
     console.print(f"  health: {'[green]healthy[/green]' if healthy else '[red]unhealthy[/red]'}")
@@ -242,6 +256,19 @@ def cmd_airflow(args: argparse.Namespace) -> int:
 
 
 def cmd_trigger(args: argparse.Namespace) -> int:
+    import httpx
+
+    from raw2gold.orchestrate.local_airflow import AirflowError
+
+    try:
+        return _trigger(args)
+    except AirflowError as exc:
+        raise CliError(str(exc)) from exc
+    except httpx.HTTPError as exc:
+        raise CliError(f"cannot reach Airflow ({exc}); check `raw2gold airflow status`") from exc
+
+
+def _trigger(args: argparse.Namespace) -> int:
     from raw2gold.orchestrate.local_airflow import client_from_state
     from raw2gold.orchestrate.trigger import (
         TaskChange,

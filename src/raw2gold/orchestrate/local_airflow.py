@@ -16,7 +16,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -94,18 +94,18 @@ class AirflowState:
         return read_password(Path(self.airflow_home), self.username)
 
 
-def airflow_home() -> Path:
-    """AIRFLOW_HOME of the local Airflow (shared with `raw2gold run`)."""
-    return raw2gold_home() / "airflow"
+def airflow_home(home: Path | None = None) -> Path:
+    """AIRFLOW_HOME of the local Airflow under ``home`` (default RAW2GOLD_HOME; shared with run)."""
+    return (home or raw2gold_home()) / "airflow"
 
 
-def run_dir() -> Path:
+def run_dir(home: Path | None = None) -> Path:
     """Where state.json and the process logs live."""
-    return airflow_home() / "run"
+    return airflow_home(home) / "run"
 
 
-def state_file() -> Path:
-    return run_dir() / "state.json"
+def state_file(home: Path | None = None) -> Path:
+    return run_dir(home) / "state.json"
 
 
 def passwords_file(home: Path) -> Path:
@@ -217,6 +217,7 @@ def server_env(
 
 def _port_free(port: int) -> bool:
     with socket.socket() as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
         try:
             sock.bind(("127.0.0.1", port))
         except OSError:
@@ -240,15 +241,50 @@ def _tail(path: str | Path, lines: int = 15) -> str:
         return ""
 
 
-def running_state() -> AirflowState | None:
+def running_state(home: Path | None = None) -> AirflowState | None:
     """The recorded state if at least one recorded process is still alive."""
-    path = state_file()
+    path = state_file(home)
     if not path.exists():
         return None
     state = AirflowState.load(path)
     if any(c.process() for c in state.components):
         return state
     return None
+
+
+def check_db_driver(db_url: str) -> None:
+    """Fail early when the connection string's database driver is not installed."""
+    import importlib.util
+
+    scheme = db_url.split("://", 1)[0]
+    if not scheme.startswith("postgres"):
+        return
+    driver = scheme.split("+", 1)[1] if "+" in scheme else "psycopg2"
+    if importlib.util.find_spec(driver) is None:
+        raise AirflowError(
+            f"{mask_db_url(db_url)} needs the {driver} module; install it with "
+            "`uv pip install 'apache-airflow[postgres]'` (or psycopg2-binary)"
+        )
+
+
+def check_pipelines(spec: str) -> list[Path]:
+    """The pipeline files named by ``spec``; each must exist and be valid (ConfigError if not)."""
+    import glob
+
+    from raw2gold.config import load_pipeline
+
+    paths: list[Path] = []
+    for pattern in filter(None, spec.split(os.pathsep)):
+        paths.extend(Path(m) for m in (sorted(glob.glob(pattern)) or [pattern]))
+    missing = [str(p) for p in paths if not p.is_file()]
+    if not paths or missing:
+        raise AirflowError(
+            f"no pipeline file found for {', '.join(missing) or spec or '(none)'}; "
+            "give --pipelines PATH_OR_GLOB ..."
+        )
+    for path in paths:
+        load_pipeline(path)
+    return paths
 
 
 def migrate_db(env: dict[str, str]) -> None:
@@ -269,23 +305,30 @@ def up(
     db_url: str | None = None,
     dags_folder: Path | None = None,
     parallelism: int | None = None,
-    timeout: float = 120.0,
+    timeout: float = 180.0,
+    home: Path | None = None,
+    progress: Callable[[str], None] | None = None,
 ) -> AirflowState:
-    """Start the four processes detached, wait until healthy, create the connector pool."""
-    if running := running_state():
+    """Start the four processes detached, wait until healthy, create the connector pool.
+
+    ``dags_folder`` replaces the package's DAG folder (tests); ``home`` replaces RAW2GOLD_HOME.
+    """
+    if running := running_state(home):
         raise AirflowError(
             f"a local Airflow is already running at {running.url}; run `raw2gold airflow down`"
         )
     if not _port_free(port):
         raise AirflowError(f"port {port} on 127.0.0.1 is in use; choose another with --port")
-    home = airflow_home()
-    logs = run_dir()
+    root = home
+    home = airflow_home(root)
+    logs = run_dir(root)
     logs.mkdir(parents=True, exist_ok=True)
     db_url = db_url or os.environ.get(DB_URL_ENV) or None
-    spec = os.pathsep.join(
-        str(Path(p).expanduser().resolve()) if not any(c in p for c in "*?[") else p
-        for p in pipelines
-    )
+    if db_url:
+        check_db_driver(db_url)
+    spec = os.pathsep.join(os.path.abspath(os.path.expanduser(p)) for p in pipelines)
+    if dags_folder is None:
+        check_pipelines(spec)
     folder = (dags_folder or DAGS_FOLDER).resolve()
     instance = secrets.token_hex(8)
     env = server_env(
@@ -297,7 +340,9 @@ def up(
         parallelism=parallelism or default_parallelism(),
         instance=instance,
     )
+    say = progress or (lambda message: None)
     ensure_password(home)
+    say(f"migrating the metadata DB ({mask_db_url(db_url) if db_url else 'SQLite'})")
     migrate_db(env)
     url = f"http://127.0.0.1:{port}"
     state = AirflowState(
@@ -314,6 +359,7 @@ def up(
         # The scheduler starts last: tasks it queues need the api-server's execution API.
         for name in ("api-server", "dag-processor", "triggerer", "scheduler"):
             if name == "scheduler":
+                say("waiting for the api-server to answer")
                 wait_answering(state, timeout=timeout)
             log_path = logs / f"{name}.log"
             with log_path.open("ab") as log:
@@ -328,10 +374,15 @@ def up(
                 )
             created = psutil.Process(proc.pid).create_time()
             state.components.append(Component(name, proc.pid, created, str(log_path)))
-            state.save(state_file())
+            state.save(state_file(root))
+            say(f"started {name} (pid {proc.pid}, log {log_path})")
+        say("waiting until every component is healthy")
         wait_healthy(state, timeout=timeout)
         client = AirflowClient(url, ADMIN, state.password())
-        client.ensure_pool(CONNECTOR_POOL, CONNECTOR_POOL_SLOTS)
+        try:
+            client.ensure_pool(CONNECTOR_POOL, CONNECTOR_POOL_SLOTS)
+        finally:
+            client.close()
     except BaseException:
         stop(state)
         raise
@@ -455,9 +506,9 @@ def stop(state: AirflowState, timeout: float = 30.0) -> list[str]:
     return messages
 
 
-def down(timeout: float = 30.0) -> AirflowState | None:
-    """Stop the local Airflow recorded in state.json; None if nothing was running."""
-    path = state_file()
+def down(timeout: float = 30.0, home: Path | None = None) -> AirflowState | None:
+    """Stop the local Airflow recorded in state.json; None if nothing was recorded."""
+    path = state_file(home)
     if not path.exists():
         return None
     state = AirflowState.load(path)
@@ -466,9 +517,11 @@ def down(timeout: float = 30.0) -> AirflowState | None:
     return state
 
 
-def status() -> tuple[AirflowState | None, dict[str, bool], dict[str, Any] | None]:
+def status(
+    home: Path | None = None,
+) -> tuple[AirflowState | None, dict[str, bool], dict[str, Any] | None]:
     """(state, {component: alive}, health report) of the recorded local Airflow."""
-    path = state_file()
+    path = state_file(home)
     if not path.exists():
         return None, {}, None
     state = AirflowState.load(path)
@@ -520,7 +573,12 @@ class AirflowClient:
 
     def ensure_pool(self, name: str, slots: int) -> None:
         """Create the pool, or set its size if it exists."""
-        body = {"name": name, "slots": slots, "description": "raw2gold connector tasks"}
+        body = {
+            "name": name,
+            "slots": slots,
+            "description": "raw2gold connector tasks",
+            "include_deferred": False,
+        }
         reply = self.request("POST", "/api/v2/pools", json=body)
         if reply.status_code == 409:
             self.call("PATCH", f"/api/v2/pools/{name}", json=body)
@@ -573,11 +631,15 @@ def _q(value: str) -> str:
 
 
 def client_from_state(
-    url: str | None = None, username: str | None = None, password: str | None = None
+    url: str | None = None,
+    username: str | None = None,
+    password: str | None = None,
+    home: Path | None = None,
 ) -> AirflowClient:
     """A client of the local Airflow recorded in state.json (or of ``url`` with credentials)."""
+    password = password or os.environ.get("RAW2GOLD_AIRFLOW_PASSWORD") or None
     if url is None:
-        path = state_file()
+        path = state_file(home)
         if not path.exists():
             raise AirflowError("no local Airflow is running; start one with `raw2gold airflow up`")
         state = AirflowState.load(path)
