@@ -5,4 +5,5 @@ pytest_plugins = [
     "tests.fixtures.spark",
     "tests.fixtures.servers",
     "tests.fixtures.airflow",
+    "tests.fixtures.airbyte_api",
 ]

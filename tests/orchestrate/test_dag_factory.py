@@ -39,7 +39,7 @@ def dagbag_report(repo_root: Path, tmp_path_factory) -> dict:
 
 def test_dags_folder_imports_without_errors(dagbag_report: dict) -> None:
     assert dagbag_report["errors"] == {}
-    assert dagbag_report["dags"] == ["raw2gold_shop"]
+    assert dagbag_report["dags"] == ["raw2gold_api_demo", "raw2gold_shop"]
 
 
 def test_nothing_heavy_is_imported_at_parse_time(dagbag_report: dict) -> None:

@@ -17,6 +17,7 @@ import pendulum
 from airflow.sdk import DAG, Asset, Param, TaskGroup
 
 from raw2gold.config import PipelineConfig, load_pipeline
+from raw2gold.orchestrate.airbyte_operators import AirbyteServerSyncOperator
 from raw2gold.orchestrate.notify import failure_callbacks, retry_callbacks
 from raw2gold.orchestrate.operators import (
     IngestSourceOperator,
@@ -80,6 +81,15 @@ def build_dag(config: PipelineConfig) -> DAG:
     ) as dag:
         with TaskGroup("ingest", tooltip="Airbyte connectors into raw/") as ingest:
             for source in sorted(config.sources):
+                if config.sources[source].airbyte is not None:
+                    # Synced by an Airbyte server: trigger, wait, register its files into raw.
+                    AirbyteServerSyncOperator(
+                        task_id=source,
+                        pipeline_path=pipeline_path,
+                        source=source,
+                        execution_timeout=ingest_timeout,
+                    )
+                    continue
                 IngestSourceOperator(
                     task_id=source,
                     pipeline_path=pipeline_path,
