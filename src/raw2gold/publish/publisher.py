@@ -1,0 +1,343 @@
+"""Publish staged gold atomically, only after the run's checks passed.
+
+* Delta, mode overwrite: one overwrite commit (``partitionBy`` when configured).
+* Delta, mode merge: one ``MERGE INTO`` on the model's keys.
+* Parquet: the data goes to ``gold/<table>/version=<run_id>/``; then the pointer
+  ``gold/<table>/_current.json`` is replaced in one atomic write. The newest
+  :data:`KEEP_VERSIONS` versions are kept.
+
+Each Delta commit carries lineage as userMetadata (run id, processed inputs with their raw runs,
+rows, check results); the same lineage goes to ``_state/runs/<run_id>/publish.json``. Publishing
+a run twice changes nothing the second time. Each table flips atomically; if publishing stops
+between two tables, re-running publish for the run completes the rest.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING, Any
+
+import pyarrow.fs as pafs
+
+from raw2gold.config.loader import gold_order
+from raw2gold.config.models import PipelineConfig
+from raw2gold.lake.layout import Lake, utc_now
+from raw2gold.transform.delta import commit_metadata, delta_ref, history, is_delta, quote
+from raw2gold.transform.gold import read_staged, staged_exists
+
+if TYPE_CHECKING:
+    import pyarrow as pa
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+POINTER = "_current.json"
+KEEP_VERSIONS = 3
+
+
+class PublishError(RuntimeError):
+    """Publishing is refused or failed; gold stays as it was."""
+
+
+@dataclass
+class PublishResult:
+    """What publishing one gold table did."""
+
+    table: str
+    format: str
+    mode: str
+    action: str  # published | already_published
+    rows: int
+    version: str
+    duration_seconds: float
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def pointer_path(table: str) -> str:
+    return f"{Lake.gold_table(table)}/{POINTER}"
+
+
+def current_pointer(lake: Lake, table: str) -> dict[str, Any] | None:
+    """The pointer of a Parquet gold table (None before its first publish)."""
+    if not lake.exists(pointer_path(table)):
+        return None
+    pointer: dict[str, Any] = lake.read_json(pointer_path(table))
+    return pointer
+
+
+def _run_record(lake: Lake, run_id: str, stage: str) -> dict[str, Any] | None:
+    relative = lake.run_record(run_id, stage)
+    if not lake.exists(relative):
+        return None
+    record: dict[str, Any] = lake.read_json(relative)
+    return record
+
+
+def lineage(spark: SparkSession, config: PipelineConfig, run_id: str) -> dict[str, Any]:
+    """Inputs of the run's gold: each processed table's Delta version and the raw runs its
+    newest raw2gold commit applied (read from Delta history, so retries keep the lineage)."""
+    lake = Lake(config.lake)
+    inputs: dict[str, Any] = {}
+    for table in config.processed:
+        relative = lake.processed_table(table)
+        if not is_delta(lake, relative):
+            continue
+        commits = history(spark, lake.spark_uri(relative))
+        last = next(
+            (c for c in commits if isinstance(c["metadata"], dict) and "raw_runs" in c["metadata"]),
+            None,
+        )
+        meta = last["metadata"] if last else {}
+        inputs[table] = {
+            "delta_version": int(commits[0]["version"]) if commits else -1,
+            "last_raw_runs": meta.get("new_raw_runs", []),
+            "last_written_by_run": meta.get("raw2gold_run_id"),
+            "raw_runs_total": len(meta.get("raw_runs", [])),
+        }
+    return {"run_id": run_id, "processed": inputs}
+
+
+def _publish_delta(
+    spark: SparkSession,
+    config: PipelineConfig,
+    lake: Lake,
+    table: str,
+    run_id: str,
+    df: DataFrame,
+    metadata: dict[str, Any],
+) -> tuple[str, str]:
+    model = config.gold[table]
+    relative = lake.gold_table(table)
+    uri = lake.spark_uri(relative)
+    if is_delta(lake, relative):
+        for commit in history(spark, uri):
+            meta = commit["metadata"]
+            if isinstance(meta, dict) and meta.get("raw2gold_run_id") == run_id:
+                return "already_published", str(commit["version"])
+    if model.mode == "merge" and is_delta(lake, relative):
+        view = f"__r2g_publish_{table}"
+        df.createOrReplaceTempView(view)
+        on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in model.keys)
+        with commit_metadata(spark, metadata):
+            spark.sql(
+                f"MERGE INTO {delta_ref(uri)} AS t USING {view} AS s ON {on} "
+                "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+            )
+        spark.catalog.dropTempView(view)
+    else:
+        writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+        if model.partition_by:
+            writer = writer.partitionBy(*model.partition_by)
+        with commit_metadata(spark, metadata):
+            writer.save(uri)
+    return "published", str(history(spark, uri)[0]["version"])
+
+
+def _version_dirs(lake: Lake, table: str) -> list[str]:
+    selector = pafs.FileSelector(lake.path(lake.gold_table(table)), allow_not_found=True)
+    return [
+        info.base_name.removeprefix("version=")
+        for info in lake.fs.get_file_info(selector)
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("version=")
+    ]
+
+
+def _publish_parquet(
+    config: PipelineConfig,
+    lake: Lake,
+    table: str,
+    run_id: str,
+    df: DataFrame,
+    metadata: dict[str, Any],
+) -> tuple[str, str]:
+    model = config.gold[table]
+    pointer = current_pointer(lake, table)
+    if pointer and pointer.get("version") == run_id:
+        return "already_published", run_id
+    relative = f"{lake.gold_table(table)}/version={run_id}"
+    writer = df.write.mode("overwrite")
+    if model.partition_by:
+        writer = writer.partitionBy(*model.partition_by)
+    writer.parquet(lake.spark_uri(relative))
+    previous = pointer.get("versions", []) if pointer else []
+    versions = [run_id, *[v for v in previous if v != run_id]][:KEEP_VERSIONS]
+    entry = {
+        "version": run_id,
+        "run_id": run_id,
+        "published_at": metadata.get("published_at"),
+        "rows": metadata.get("rows"),
+        "checks": metadata.get("checks", []),
+    }
+    old_entries = [e for e in (pointer or {}).get("history", []) if e.get("version") in versions]
+    lake.write_json(
+        pointer_path(table),
+        {
+            "version": run_id,
+            "path": relative,
+            "format": "parquet",
+            "partition_by": model.partition_by,
+            "published_at": utc_now(),
+            "versions": versions,
+            "history": [entry, *[e for e in old_entries if e.get("version") != run_id]],
+            "lineage": metadata,
+        },
+    )
+    for old in _version_dirs(lake, table):
+        if old not in versions:
+            lake.delete_dir(f"{lake.gold_table(table)}/version={old}")
+    return "published", run_id
+
+
+def publish(
+    spark: SparkSession,
+    config: PipelineConfig,
+    run_id: str,
+    require_checks: bool = True,
+) -> list[PublishResult]:
+    """Publish every gold table staged by the run; refuse unless its check stage passed."""
+    lake = Lake(config.lake)
+    checks = _run_record(lake, run_id, "check")
+    if require_checks and (checks is None or checks.get("status") != "succeeded"):
+        raise PublishError(
+            f"run {run_id} has no passed check stage: run --stage check before publish"
+        )
+    check_summary = [
+        {"table": c["table"], "check": c["check"], "passed": c["passed"]}
+        for c in (checks or {}).get("checks", [])
+    ]
+    base = lineage(spark, config, run_id)
+    results = []
+    for table in gold_order(config):
+        if not staged_exists(lake, run_id, table):
+            raise PublishError(f"gold {table} is not staged in run {run_id}: run transform first")
+        started = time.monotonic()
+        df = read_staged(spark, config, run_id, table)
+        rows = df.count()
+        metadata = {
+            **base,
+            "raw2gold_run_id": run_id,
+            "table": table,
+            "rows": rows,
+            "checks": [c for c in check_summary if c["table"] == table],
+            "published_at": utc_now(),
+        }
+        model = config.gold[table]
+        if model.format == "delta":
+            action, version = _publish_delta(spark, config, lake, table, run_id, df, metadata)
+        else:
+            action, version = _publish_parquet(config, lake, table, run_id, df, metadata)
+        results.append(
+            PublishResult(
+                table,
+                model.format,
+                model.mode,
+                action,
+                rows,
+                version,
+                round(time.monotonic() - started, 3),
+            )
+        )
+        log.info("gold %s %s (version %s, %d rows)", table, action, version, rows)
+    lake.write_json(
+        lake.run_record(run_id, "publish"),
+        {"run_id": run_id, "lineage": base, "gold": {r.table: r.as_dict() for r in results}},
+    )
+    return results
+
+
+def read_gold(spark: SparkSession, config: PipelineConfig, table: str) -> DataFrame:
+    """A published gold table as a DataFrame (Delta, or the Parquet version the pointer names)."""
+    lake = Lake(config.lake)
+    if config.gold[table].format == "delta":
+        relative = lake.gold_table(table)
+        if not is_delta(lake, relative):
+            raise PublishError(f"gold table {table} has not been published yet")
+        return spark.read.format("delta").load(lake.spark_uri(relative))
+    pointer = current_pointer(lake, table)
+    if pointer is None:
+        raise PublishError(f"gold table {table} has not been published yet")
+    return spark.read.parquet(lake.spark_uri(pointer["path"]))
+
+
+def delta_storage_options(lake: Lake) -> dict[str, str]:
+    """delta-rs storage options for the lake (empty for a local folder)."""
+    creds = lake.credentials
+    if creds is None:
+        return {}
+    options = {"AWS_REGION": creds.region}
+    if creds.endpoint:
+        options["AWS_ENDPOINT_URL"] = creds.endpoint
+        if creds.endpoint.startswith("http://"):
+            options["AWS_ALLOW_HTTP"] = "true"
+    if creds.path_style:
+        options["AWS_VIRTUAL_HOSTED_STYLE_REQUEST"] = "false"
+    if creds.access_key and creds.secret_key:
+        options["AWS_ACCESS_KEY_ID"] = creds.access_key
+        options["AWS_SECRET_ACCESS_KEY"] = creds.secret_key
+    if creds.session_token:
+        options["AWS_SESSION_TOKEN"] = creds.session_token
+    return options
+
+
+def gold_arrow_table(config: PipelineConfig, table: str) -> pa.Table:
+    """A published gold table read without Spark (delta-rs for Delta, pyarrow for Parquet)."""
+    import pyarrow.dataset as ds
+
+    lake = Lake(config.lake)
+    if config.gold[table].format == "delta":
+        from deltalake import DeltaTable
+
+        if not is_delta(lake, lake.gold_table(table)):
+            raise PublishError(f"gold table {table} has not been published yet")
+        delta = DeltaTable(
+            lake.uri(lake.gold_table(table)), storage_options=delta_storage_options(lake)
+        )
+        return delta.to_pyarrow_table()
+    pointer = current_pointer(lake, table)
+    if pointer is None:
+        raise PublishError(f"gold table {table} has not been published yet")
+    dataset = ds.dataset(
+        lake.path(pointer["path"]), filesystem=lake.fs, format="parquet", partitioning="hive"
+    )
+    return dataset.to_table()
+
+
+def publish_history(config: PipelineConfig, table: str) -> list[dict[str, Any]]:
+    """Publications of a gold table, newest first, read without Spark.
+
+    Entries: version (Delta version or Parquet run id), run_id, published_at, rows, checks.
+    """
+    lake = Lake(config.lake)
+    if config.gold[table].format == "parquet":
+        pointer = current_pointer(lake, table)
+        return list(pointer.get("history", [])) if pointer else []
+    if not is_delta(lake, lake.gold_table(table)):
+        return []
+    from deltalake import DeltaTable
+
+    delta = DeltaTable(
+        lake.uri(lake.gold_table(table)), storage_options=delta_storage_options(lake)
+    )
+    entries = []
+    for commit in delta.history():
+        try:
+            meta = json.loads(commit.get("userMetadata") or "")
+        except ValueError:
+            meta = None
+        if not isinstance(meta, dict) or "raw2gold_run_id" not in meta:
+            continue
+        entries.append(
+            {
+                "version": commit.get("version"),
+                "run_id": meta["raw2gold_run_id"],
+                "published_at": meta.get("published_at"),
+                "rows": meta.get("rows"),
+                "checks": meta.get("checks", []),
+            }
+        )
+    return sorted(entries, key=lambda e: -int(e["version"] or 0))

@@ -1,0 +1,1 @@
+"""Data quality checks on processed tables and staged gold."""

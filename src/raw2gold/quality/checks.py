@@ -1,0 +1,217 @@
+"""Data quality checks of pipeline.yaml, run on processed tables and on staged gold.
+
+Each check turns into a DataFrame of offending rows; its count and up to five sample rows make
+the :class:`CheckResult`. ``error`` failures stop the stage (:func:`enforce`); ``warn`` failures
+are only reported.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import decimal
+import logging
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from raw2gold.config.loader import REF_IN_SQL
+from raw2gold.config.models import CheckConfig
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+SAMPLE_SIZE = 5
+
+
+class CheckFailed(RuntimeError):
+    """An error-severity check failed; ``results`` holds every result of the stage."""
+
+    def __init__(self, message: str, results: list[CheckResult]):
+        super().__init__(message)
+        self.results = results
+
+
+@dataclass
+class CheckResult:
+    """The outcome of one check on one table."""
+
+    table: str
+    check: str
+    type: str
+    severity: str
+    passed: bool
+    failing_rows: int
+    sample: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _json_safe(value: Any) -> Any:
+    if isinstance(value, dt.datetime | dt.date):
+        return value.isoformat()
+    if isinstance(value, decimal.Decimal):
+        return str(value)
+    if isinstance(value, bytes):
+        return value.hex()
+    if isinstance(value, dict):
+        return {str(k): _json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_json_safe(v) for v in value]
+    return value
+
+
+def _sql_literal(value: Any) -> str:
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def offending_rows(
+    spark: SparkSession,
+    table: str,
+    df: DataFrame,
+    check: CheckConfig,
+    ref: Callable[[str], DataFrame],
+) -> DataFrame | None:
+    """The rows violating a check (None for row_count, which is about the whole table)."""
+    from pyspark.sql import functions as F
+
+    cols = [F.col(f"`{c}`") for c in check.columns]
+    if check.type == "not_null":
+        condition = cols[0].isNull()
+        for col in cols[1:]:
+            condition = condition | col.isNull()
+        return df.where(condition)
+    if check.type == "unique":
+        keyed = df
+        for col in cols:
+            keyed = keyed.where(col.isNotNull())
+        return keyed.groupBy(*cols).agg(F.count(F.lit(1)).alias("_count")).where("_count > 1")
+    if check.type == "accepted_values":
+        values = ", ".join(_sql_literal(v) for v in check.values)
+        return df.where(cols[0].isNotNull() & ~F.expr(f"`{check.columns[0]}` IN ({values})"))
+    if check.type == "relationships":
+        assert check.to is not None
+        target_table, _, target_column = check.to.partition(".")
+        keys = ref(target_table).select(F.col(f"`{target_column}`").alias("_r2g_key")).distinct()
+        return df.where(cols[0].isNotNull()).join(keys, cols[0] == F.col("_r2g_key"), "left_anti")
+    if check.type == "expression":
+        return df.where(f"NOT coalesce(({check.expression}), false)")
+    if check.type == "sql":
+        assert check.sql is not None
+        view = f"__r2g_check_{table}"
+        df.createOrReplaceTempView(view)
+
+        def replace(match: Any) -> str:
+            name = match.group(1)
+            if name == table:
+                return view
+            ref_view = f"__r2g_ref_{name}"
+            ref(name).createOrReplaceTempView(ref_view)
+            return ref_view
+
+        return spark.sql(REF_IN_SQL.sub(replace, check.sql.strip().rstrip(";")))
+    return None
+
+
+def run_check(
+    spark: SparkSession,
+    table: str,
+    df: DataFrame,
+    check: CheckConfig,
+    ref: Callable[[str], DataFrame],
+) -> CheckResult:
+    """Run one check; a check that cannot run (bad SQL, unknown column) fails with a message."""
+    label = check.label
+    try:
+        if check.type == "row_count":
+            count = df.count()
+            low = check.min if check.min is not None else 0
+            high = check.max
+            passed = count >= low and (high is None or count <= high)
+            bounds = f"[{low}, {'inf' if high is None else high}]"
+            return CheckResult(
+                table,
+                label,
+                check.type,
+                check.severity,
+                passed,
+                0 if passed else count,
+                [] if passed else [{"row_count": count}],
+                f"row count {count} {'within' if passed else 'outside'} {bounds}",
+            )
+        bad = offending_rows(spark, table, df, check, ref)
+        assert bad is not None
+        failing = bad.count()
+        if check.type == "unique" and failing:
+            failing = int(bad.agg({"_count": "sum"}).collect()[0][0])
+        sample = (
+            [_json_safe(r.asDict(recursive=True)) for r in bad.limit(SAMPLE_SIZE).collect()]
+            if failing
+            else []
+        )
+        return CheckResult(
+            table,
+            label,
+            check.type,
+            check.severity,
+            failing == 0,
+            failing,
+            sample,
+            "" if failing == 0 else f"{failing} offending row(s)",
+        )
+    except Exception as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return CheckResult(
+            table, label, check.type, check.severity, False, -1, [], f"check could not run: {first}"
+        )
+
+
+def run_checks(
+    spark: SparkSession,
+    table: str,
+    df: DataFrame,
+    checks: list[CheckConfig],
+    ref: Callable[[str], DataFrame],
+) -> list[CheckResult]:
+    """Run a table's checks; log every failure with its sample."""
+    results = [run_check(spark, table, df, check, ref) for check in checks]
+    for result in results:
+        if not result.passed:
+            level = logging.ERROR if result.severity == "error" else logging.WARNING
+            log.log(
+                level,
+                "check %s on %s failed (%s): %s; sample: %s",
+                result.check,
+                result.table,
+                result.severity,
+                result.message,
+                result.sample,
+            )
+    return results
+
+
+def failure_message(results: list[CheckResult]) -> str | None:
+    """One line naming the error-severity failures, or None when none failed."""
+    failed = [r for r in results if r.severity == "error" and not r.passed]
+    if not failed:
+        return None
+    first = failed[0]
+    count = "could not run" if first.failing_rows < 0 else f"{first.failing_rows} failing row(s)"
+    more = f" (+{len(failed) - 1} more failed checks)" if len(failed) > 1 else ""
+    return f"check {first.check} on {first.table} failed: {count}{more}"
+
+
+def enforce(results: list[CheckResult]) -> None:
+    """Raise :class:`CheckFailed` when an error-severity check failed."""
+    message = failure_message(results)
+    if message:
+        raise CheckFailed(message, results)

@@ -1,0 +1,215 @@
+"""The process the orchestrator runs for a Spark stage: one SparkSession per invocation.
+
+``python -m raw2gold.transform.job --pipeline PATH --stage {transform,check,publish}
+--run-id ID [--full-refresh] [--lake URI] [--verbose]``
+
+* transform: processed tables (MERGE) + their checks + gold into this run's staging
+* check: gold checks on the staged gold
+* publish: make the staged gold visible (only when the check stage passed)
+
+Each stage writes ``_state/runs/<run_id>/<stage>.json`` and prints one final line
+``RAW2GOLD_SUMMARY {json}``. On failure: exit code 1 and ``raw2gold: <message>`` on stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import re
+import sys
+import time
+import traceback
+from typing import TYPE_CHECKING, Any
+
+from raw2gold.config.loader import load_pipeline
+from raw2gold.config.models import PipelineConfig
+from raw2gold.lake.layout import Lake, utc_now
+from raw2gold.quality.checks import CheckFailed, CheckResult, enforce, failure_message, run_checks
+from raw2gold.transform.gold import build_gold, make_ref, read_staged, staged_exists
+from raw2gold.transform.processed import build_processed, read_processed
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+log = logging.getLogger("raw2gold.transform.job")
+
+STAGES = ("transform", "check", "publish")
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
+SUMMARY_PREFIX = "RAW2GOLD_SUMMARY "
+
+
+class StageError(RuntimeError):
+    """A stage failed; ``summary`` is what was written to the lake."""
+
+    def __init__(self, message: str, summary: dict[str, Any]):
+        super().__init__(message)
+        self.summary = summary
+
+
+def _processed_checks(
+    spark: SparkSession, config: PipelineConfig, run_id: str, tables: list[str]
+) -> list[CheckResult]:
+    ref = make_ref(spark, config, run_id)
+    results: list[CheckResult] = []
+    for table in tables:
+        model = config.processed[table]
+        if model.checks:
+            results += run_checks(
+                spark, table, read_processed(spark, config, table), model.checks, ref
+            )
+    return results
+
+
+def _gold_checks(spark: SparkSession, config: PipelineConfig, run_id: str) -> list[CheckResult]:
+    lake = Lake(config.lake)
+    ref = make_ref(spark, config, run_id)
+    results: list[CheckResult] = []
+    for table, model in config.gold.items():
+        if not staged_exists(lake, run_id, table):
+            raise RuntimeError(f"gold {table} is not staged in run {run_id}: run transform first")
+        if model.checks:
+            df = read_staged(spark, config, run_id, table)
+            results += run_checks(spark, table, df, model.checks, ref)
+    return results
+
+
+def _execute(
+    spark: SparkSession,
+    config: PipelineConfig,
+    stage: str,
+    run_id: str,
+    full_refresh: bool,
+    summary: dict[str, Any],
+) -> None:
+    if stage == "transform":
+        processed = build_processed(spark, config, run_id, full_refresh)
+        for p in processed:
+            summary["processed"][p.table] = p.as_dict()
+        existing = [t for t in config.processed if read_exists(config, t)]
+        summary["checks"] = [
+            c.as_dict() for c in _processed_checks(spark, config, run_id, existing)
+        ]
+        enforce([CheckResult(**c) for c in summary["checks"]])
+        for g in build_gold(spark, config, run_id):
+            summary["gold"][g.table] = {**g.as_dict(), "format": config.gold[g.table].format}
+    elif stage == "check":
+        results = _gold_checks(spark, config, run_id)
+        summary["checks"] = [c.as_dict() for c in results]
+        enforce(results)
+    elif stage == "publish":
+        from raw2gold.publish.publisher import lineage, publish
+
+        for r in publish(spark, config, run_id):
+            summary["gold"][r.table] = r.as_dict()
+        summary["lineage"] = lineage(spark, config, run_id)
+    else:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+
+
+def read_exists(config: PipelineConfig, table: str) -> bool:
+    from raw2gold.transform.delta import is_delta
+
+    lake = Lake(config.lake)
+    return is_delta(lake, lake.processed_table(table))
+
+
+def run_stage(
+    config: PipelineConfig,
+    stage: str,
+    run_id: str,
+    full_refresh: bool = False,
+    spark: SparkSession | None = None,
+) -> dict[str, Any]:
+    """Run one stage in-process and return its summary (also written to the lake).
+
+    Raises :class:`StageError` (with the summary) when the stage fails.
+    """
+    if stage not in STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if not RUN_ID.match(run_id):
+        raise ValueError(f"run id {run_id!r} is not path-safe (letters, digits, . _ -)")
+    lake = Lake(config.lake)
+    started = time.monotonic()
+    summary: dict[str, Any] = {
+        "pipeline": config.name,
+        "run_id": run_id,
+        "stage": stage,
+        "full_refresh": full_refresh,
+        "status": "running",
+        "started_at": utc_now(),
+        "finished_at": None,
+        "duration_seconds": None,
+        "processed": {},
+        "gold": {},
+        "checks": [],
+        "error": None,
+    }
+    own_session = False
+    try:
+        if spark is None:
+            from pyspark.sql import SparkSession
+
+            from raw2gold.transform.session import spark_session
+
+            own_session = SparkSession.getActiveSession() is None
+            spark = spark_session(config, f"raw2gold-{config.name}-{stage}-{run_id}")
+        _execute(spark, config, stage, run_id, full_refresh, summary)
+        summary["status"] = "succeeded"
+    except Exception as exc:
+        summary["status"] = "failed"
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        if isinstance(exc, CheckFailed):
+            summary["checks"] = [r.as_dict() for r in exc.results]
+            message = failure_message(exc.results) or message
+        summary["error"] = message
+        _finish(lake, summary, started)
+        raise StageError(message, summary) from exc
+    finally:
+        if own_session and spark is not None:
+            spark.stop()
+    _finish(lake, summary, started)
+    return summary
+
+
+def _finish(lake: Lake, summary: dict[str, Any], started: float) -> None:
+    summary["finished_at"] = utc_now()
+    summary["duration_seconds"] = round(time.monotonic() - started, 3)
+    try:
+        lake.write_json(lake.run_record(summary["run_id"], summary["stage"]), summary)
+    except Exception as exc:  # the summary is also printed; do not hide the stage's own error
+        log.error("could not write the stage summary: %s", exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m raw2gold.transform.job")
+    parser.add_argument("--pipeline", required=True, help="path of pipeline.yaml")
+    parser.add_argument("--stage", required=True, choices=STAGES)
+    parser.add_argument("--run-id", required=True)
+    parser.add_argument("--full-refresh", action="store_true")
+    parser.add_argument("--lake", default=None, help="override the lake URI")
+    parser.add_argument("--verbose", action="store_true", help="full tracebacks")
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    summary: dict[str, Any] | None = None
+    try:
+        config = load_pipeline(args.pipeline, args.lake)
+        summary = run_stage(config, args.stage, args.run_id, args.full_refresh)
+        code = 0
+    except Exception as exc:
+        summary = getattr(exc, "summary", None)
+        if args.verbose:
+            traceback.print_exc()
+        print(f"raw2gold: {exc}", file=sys.stderr)
+        code = 1
+    if summary is not None:
+        print(SUMMARY_PREFIX + json.dumps(summary, sort_keys=True, default=str), flush=True)
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,313 @@
+"""raw -> processed: type, quarantine, deduplicate and MERGE each raw stream into Delta.
+
+Per processed table:
+
+* **Which raw runs.** Committed manifests (``raw/<source>/_runs/*.json``) of the source. The raw
+  run ids already applied are stored in the table's own Delta commits (``userMetadata`` JSON,
+  key ``raw_runs``: the cumulative sorted list), so "data merged" and "runs marked done" are
+  one atomic commit. Re-running with the same raw runs finds nothing new and commits nothing.
+* **Typing.** Each declared column is ``try_cast`` to its Spark type (JSON text → ``from_json``
+  for struct/array/map). A value that is present but does not cast, or a null primary key,
+  sends the row to ``quarantine/<table>/`` (Delta, insert-only MERGE on run id + _airbyte_raw_id
+  so a retried run adds nothing twice) with a reason naming the column and the value. Values
+  are never silently nulled. Casting is Spark's: doubles cast to integers truncate.
+* **Incremental streams.** Deduplicate by primary key keeping the latest cursor, then the latest
+  ``_airbyte_extracted_at``; ``MERGE INTO`` by key, updating only when the incoming cursor is
+  >= the stored one (a late, older record never overwrites a newer one).
+* **Full-refresh streams** (e.g. a CSV): every raw run is a complete snapshot, so the table
+  becomes exactly the newest raw run's rows (overwrite); older runs are marked as seen.
+* ``full_refresh=True`` rebuilds an incremental table from all committed raw runs (overwrite).
+
+Processed tables keep two metadata columns: ``_raw2gold_run_id`` (the raw run the row came from)
+and ``_airbyte_extracted_at`` (when the connector read it).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from raw2gold.config.models import PipelineConfig, ProcessedModel
+from raw2gold.lake.layout import Lake, utc_now
+from raw2gold.transform.delta import commit_metadata, delta_ref, history, is_delta, quote
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+
+log = logging.getLogger(__name__)
+
+META_COLUMNS = ["_raw2gold_run_id", "_airbyte_extracted_at"]
+COMPLEX = re.compile(r"^(array|map|struct)<", re.IGNORECASE)
+
+
+class ProcessedError(RuntimeError):
+    """A processed table cannot be built (missing column, unreadable raw data, ...)."""
+
+
+@dataclass
+class ProcessedResult:
+    """What one processed table did in this run."""
+
+    table: str
+    mode: str  # merge | overwrite | unchanged
+    raw_runs: list[str] = field(default_factory=list)
+    rows_read: int = 0
+    rows_quarantined: int = 0
+    rows_written: int = 0
+    rows_inserted: int = 0
+    rows_updated: int = 0
+    rows: int = 0  # rows in the table after this run
+    delta_version: int = -1
+    duration_seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "quarantined": self.rows_quarantined}
+
+
+def processed_raw_runs(spark: SparkSession, uri: str) -> set[str]:
+    """Raw run ids already applied to a processed table (from its newest raw2gold commit)."""
+    for commit in history(spark, uri):
+        metadata = commit["metadata"]
+        if isinstance(metadata, dict) and "raw_runs" in metadata:
+            return set(metadata["raw_runs"])
+    return set()
+
+
+def _cast(column: str, spark_type: str, source_type: str) -> str:
+    name = quote(column)
+    if COMPLEX.match(spark_type.strip()) and source_type == "string":
+        return f"from_json({name}, '{spark_type}')"
+    return f"try_cast({name} AS {spark_type})"
+
+
+def typed_with_reasons(
+    raw: DataFrame, model: ProcessedModel, table: str
+) -> tuple[DataFrame, list[str]]:
+    """Add typed columns and a `_raw2gold_reasons` array (empty when the row is good)."""
+    from pyspark.sql import functions as F
+
+    source_types = dict(raw.dtypes)
+    missing = [c for c in model.columns if c not in source_types]
+    if missing:
+        raise ProcessedError(
+            f"processed {table}: raw data of {model.source} has no column(s) "
+            f"{', '.join(missing)} (declared in columns)"
+        )
+    typed_exprs = []
+    reasons: list[Column] = []
+    for column, spark_type in model.columns.items():
+        cast = _cast(column, spark_type, source_types[column])
+        typed_exprs.append(F.expr(cast).alias(column))
+        bad = F.col(column).isNotNull() & F.expr(cast).isNull()
+        message = F.concat(
+            F.lit(f"column {column}: cannot cast "),
+            F.coalesce(F.col(column).cast("string"), F.lit("?")),
+            F.lit(f" to {spark_type}"),
+        )
+        reasons.append(F.when(bad, message))
+    for key in model.primary_key:
+        reasons.append(F.when(F.col(key).isNull(), F.lit(f"primary key {key} is null")))
+    record = F.to_json(F.struct(*[F.col(c) for c in model.columns]))
+    typed = raw.select(
+        *typed_exprs,
+        F.col("_raw2gold_run_id"),
+        F.col("_airbyte_extracted_at").cast("timestamp").alias("_airbyte_extracted_at"),
+        F.col("_airbyte_raw_id"),
+        record.alias("_raw2gold_record"),
+        F.filter(F.array(*reasons), lambda r: r.isNotNull()).alias("_raw2gold_reasons"),
+    )
+    return typed, list(model.columns)
+
+
+def deduplicate(df: DataFrame, model: ProcessedModel) -> DataFrame:
+    """One row per primary key: the latest cursor, then the latest extraction, then raw id."""
+    from pyspark.sql import Window
+    from pyspark.sql import functions as F
+
+    order = []
+    if model.cursor:
+        order.append(F.col(model.cursor).desc_nulls_last())
+    order += [F.col("_airbyte_extracted_at").desc_nulls_last(), F.col("_airbyte_raw_id").desc()]
+    window = Window.partitionBy(*[F.col(k) for k in model.primary_key]).orderBy(*order)
+    return (
+        df.withColumn("_raw2gold_rank", F.row_number().over(window))
+        .where("_raw2gold_rank = 1")
+        .drop("_raw2gold_rank")
+    )
+
+
+def _quarantine(spark: SparkSession, lake: Lake, table: str, bad: DataFrame, run_id: str) -> None:
+    """Insert rejected rows into quarantine/<table> (idempotent per raw run and record)."""
+    from pyspark.sql import functions as F
+
+    rows = bad.select(
+        F.lit(table).alias("table"),
+        F.col("_raw2gold_run_id").alias("raw_run_id"),
+        F.col("_airbyte_raw_id"),
+        F.col("_airbyte_extracted_at"),
+        F.array_join("_raw2gold_reasons", "; ").alias("reason"),
+        F.col("_raw2gold_record").alias("record"),
+        F.lit(run_id).alias("quarantined_by_run"),
+        F.current_timestamp().alias("quarantined_at"),
+    )
+    relative = lake.quarantine_table(table)
+    uri = lake.spark_uri(relative)
+    if not is_delta(lake, relative):
+        rows.write.format("delta").mode("append").save(uri)
+        return
+    view = f"__r2g_quarantine_{table}"
+    rows.createOrReplaceTempView(view)
+    spark.sql(
+        f"MERGE INTO {delta_ref(uri)} AS t USING {view} AS s "
+        "ON t.raw_run_id = s.raw_run_id AND t._airbyte_raw_id = s._airbyte_raw_id "
+        "WHEN NOT MATCHED THEN INSERT *"
+    )
+    spark.catalog.dropTempView(view)
+
+
+def _read_raw(spark: SparkSession, lake: Lake, stream: str, manifests: list[dict[str, Any]]) -> Any:
+    files = [
+        lake.spark_uri(path)
+        for manifest in manifests
+        for path in manifest.get("streams", {}).get(stream, {}).get("files", [])
+    ]
+    if not files:
+        return None
+    return spark.read.option("mergeSchema", "true").parquet(*files)
+
+
+def _merge_condition(model: ProcessedModel) -> str:
+    if model.cursor:
+        c = quote(model.cursor)
+        return f"(s.{c} >= t.{c} OR t.{c} IS NULL)"
+    return "(s._airbyte_extracted_at >= t._airbyte_extracted_at)"
+
+
+def process_table(
+    spark: SparkSession,
+    config: PipelineConfig,
+    table: str,
+    run_id: str,
+    full_refresh: bool = False,
+) -> ProcessedResult:
+    """Bring one processed table up to date with the committed raw runs."""
+    from pyspark.sql import functions as F
+
+    started = time.monotonic()
+    model = config.processed[table]
+    lake = Lake(config.lake)
+    source_name, _, stream_name = model.source.partition(".")
+    stream = config.sources[source_name].stream(stream_name)
+    relative = lake.processed_table(table)
+    uri = lake.spark_uri(relative)
+    exists = is_delta(lake, relative)
+    done = processed_raw_runs(spark, uri) if exists and not full_refresh else set()
+
+    runs = [m for m in lake.committed_raw_runs(source_name) if stream_name in m.get("streams", {})]
+    all_ids = sorted(m["run_id"] for m in runs)
+    snapshot = stream.sync_mode == "full_refresh"
+    if snapshot:
+        pending = runs[-1:] if runs and runs[-1]["run_id"] not in done else []
+        overwrite = True
+    else:
+        pending = [m for m in runs if m["run_id"] not in done]
+        overwrite = full_refresh or not exists
+    result = ProcessedResult(table, "unchanged", raw_runs=[m["run_id"] for m in pending])
+    raw = _read_raw(spark, lake, stream_name, pending) if pending else None
+    if raw is None:
+        if pending:
+            log.warning("processed %s: raw runs %s hold no files", table, result.raw_runs)
+        if exists:
+            result.rows = spark.read.format("delta").load(uri).count()
+            result.delta_version = int(history(spark, uri)[0]["version"])
+        result.duration_seconds = round(time.monotonic() - started, 3)
+        return result
+
+    typed, columns = typed_with_reasons(raw, model, table)
+    typed = typed.cache()
+    try:
+        counts = typed.agg(
+            F.count(F.lit(1)).alias("n"),
+            F.sum(F.when(F.size("_raw2gold_reasons") > 0, 1).otherwise(0)).alias("bad"),
+        ).collect()[0]
+        result.rows_read = int(counts["n"])
+        result.rows_quarantined = int(counts["bad"] or 0)
+        if result.rows_quarantined:
+            _quarantine(spark, lake, table, typed.where(F.size("_raw2gold_reasons") > 0), run_id)
+            log.warning("processed %s: %d row(s) quarantined", table, result.rows_quarantined)
+        good = typed.where(F.size("_raw2gold_reasons") == 0)
+        latest = deduplicate(good, model).select(*[quote(c) for c in columns], *META_COLUMNS)
+        seen = sorted(set(all_ids if snapshot else []) | done | set(result.raw_runs))
+        metadata = {
+            "raw2gold_run_id": run_id,
+            "raw_runs": seen,
+            "new_raw_runs": result.raw_runs,
+            "committed_at": utc_now(),
+        }
+        if overwrite:
+            result.mode = "overwrite"
+            writer = (
+                latest.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+            )
+            if model.partition_by:
+                writer = writer.partitionBy(*model.partition_by)
+            with commit_metadata(spark, metadata):
+                writer.save(uri)
+        else:
+            result.mode = "merge"
+            view = f"__r2g_incoming_{table}"
+            latest.createOrReplaceTempView(view)
+            on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in model.primary_key)
+            sql = (
+                f"MERGE INTO {delta_ref(uri)} AS t USING {view} AS s ON {on} "
+                f"WHEN MATCHED AND {_merge_condition(model)} THEN UPDATE SET * "
+                "WHEN NOT MATCHED THEN INSERT *"
+            )
+            with commit_metadata(spark, metadata):
+                stats = spark.sql(sql).collect()
+            spark.catalog.dropTempView(view)
+            if stats:
+                row = stats[0].asDict()
+                result.rows_updated = int(row.get("num_updated_rows") or 0)
+                result.rows_inserted = int(row.get("num_inserted_rows") or 0)
+            result.rows_written = result.rows_updated + result.rows_inserted
+    finally:
+        typed.unpersist()
+    commits = history(spark, uri)
+    result.delta_version = int(commits[0]["version"]) if commits else -1
+    if result.mode == "overwrite" and commits:
+        written = int(commits[0]["metrics"].get("numOutputRows", 0))
+        result.rows_written = result.rows_inserted = written
+    result.rows = spark.read.format("delta").load(uri).count()
+    result.duration_seconds = round(time.monotonic() - started, 3)
+    log.info("processed %s: %s", table, result)
+    return result
+
+
+def build_processed(
+    spark: SparkSession,
+    config: PipelineConfig,
+    run_id: str,
+    full_refresh: bool = False,
+    tables: list[str] | None = None,
+) -> list[ProcessedResult]:
+    """Update every processed table (or the ones named) from the committed raw runs."""
+    return [
+        process_table(spark, config, table, run_id, full_refresh)
+        for table in (tables or list(config.processed))
+    ]
+
+
+def read_processed(spark: SparkSession, config: PipelineConfig, table: str) -> DataFrame:
+    """A processed table, read through Delta."""
+    lake = Lake(config.lake)
+    relative = lake.processed_table(table)
+    if not is_delta(lake, relative):
+        raise ProcessedError(
+            f"processed table {table} does not exist yet: ingest its source "
+            f"({config.processed[table].source}) and run the transform stage"
+        )
+    return spark.read.format("delta").load(lake.spark_uri(relative))

@@ -1,0 +1,72 @@
+"""Each check type on a small in-memory table: what passes, what fails, and the sample."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from raw2gold.config.models import CheckConfig
+from raw2gold.quality.checks import CheckFailed, enforce, run_checks
+
+
+@pytest.fixture(scope="module")
+def tables(spark: Any) -> dict[str, Any]:
+    orders = spark.createDataFrame(
+        [(i, i % 4 if i != 7 else 99, "ok" if i % 5 else "bad", float(i)) for i in range(1, 11)]
+        + [(10, 1, None, -1.0)],
+        "id bigint, customer bigint, status string, amount double",
+    ).cache()
+    customers = spark.createDataFrame([(0,), (1,), (2,), (3,)], "id bigint")
+    return {"orders": orders, "customers": customers}
+
+
+def test_every_check_type(spark: Any, tables: dict[str, Any]) -> None:
+    checks = [
+        CheckConfig(type="not_null", columns=["id", "status"]),
+        CheckConfig(type="unique", columns=["id"]),
+        CheckConfig(type="accepted_values", columns=["status"], values=["ok"], severity="warn"),
+        CheckConfig(type="relationships", columns=["customer"], to="customers.id"),
+        CheckConfig(type="row_count", min=1, max=5),
+        CheckConfig(type="row_count", min=1),
+        CheckConfig(type="expression", expression="amount >= 0"),
+        CheckConfig(type="sql", sql="SELECT * FROM {{ ref('orders') }} WHERE amount > 8"),
+        CheckConfig(type="expression", expression="no_such_column > 0"),
+    ]
+    results = run_checks(spark, "orders", tables["orders"], checks, tables.__getitem__)
+    got = {(r.check, r.passed, r.failing_rows) for r in results}
+    assert got == {
+        ("not_null(id,status)", False, 1),
+        ("unique(id)", False, 2),
+        ("accepted_values(status)", False, 2),
+        ("relationships(customer)", False, 1),
+        ("row_count", False, 11),
+        ("row_count", True, 0),
+        ("expression(amount >= 0)", False, 1),
+        ("sql", False, 2),
+        ("expression(no_such_column > 0)", False, -1),
+    }
+    by_check = {r.check: r for r in results}
+    assert by_check["relationships(customer)"].sample == [
+        {"id": 7, "customer": 99, "status": "ok", "amount": 7.0}
+    ]
+    assert by_check["unique(id)"].sample == [{"id": 10, "_count": 2}]
+    assert len(by_check["sql"].sample) == 2
+    assert by_check["expression(no_such_column > 0)"].message.startswith("check could not run")
+
+    with pytest.raises(CheckFailed) as failure:
+        enforce(results)
+    assert str(failure.value) == (
+        "check not_null(id,status) on orders failed: 1 failing row(s) (+6 more failed checks)"
+    )
+
+
+def test_warn_failures_do_not_stop_the_stage(spark: Any, tables: dict[str, Any]) -> None:
+    checks = [
+        CheckConfig(type="accepted_values", columns=["status"], values=["ok"], severity="warn"),
+        CheckConfig(type="not_null", columns=["id"]),
+    ]
+    results = run_checks(spark, "orders", tables["orders"], checks, tables.__getitem__)
+    assert [r.passed for r in results] == [False, True]
+    assert len(results[0].sample) == 2
+    enforce(results)

@@ -1,0 +1,157 @@
+"""Raw fixtures in the exact shape the ingest writes: Parquet per stream + a run manifest."""
+
+from __future__ import annotations
+
+import random
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from raw2gold.lake.layout import Lake
+
+USERS = {
+    "id": pa.int64(),
+    "name": pa.string(),
+    "email": pa.string(),
+    "age": pa.int64(),
+    "nationality": pa.string(),
+    "created_at": pa.string(),
+    "updated_at": pa.string(),
+}
+PRODUCTS = {
+    "id": pa.int64(),
+    "make": pa.string(),
+    "model": pa.string(),
+    "year": pa.int64(),
+    "price": pa.float64(),
+    "created_at": pa.string(),
+    "updated_at": pa.string(),
+}
+PURCHASES = {
+    "id": pa.int64(),
+    "user_id": pa.int64(),
+    "product_id": pa.int64(),
+    "created_at": pa.string(),
+    "updated_at": pa.string(),
+    "added_to_cart_at": pa.string(),
+    "purchased_at": pa.string(),
+    "returned_at": pa.string(),
+}
+CATEGORIES = {"make": pa.string(), "category": pa.string(), "country": pa.string()}
+SCHEMAS = {
+    ("faker", "users"): USERS,
+    ("faker", "products"): PRODUCTS,
+    ("faker", "purchases"): PURCHASES,
+    ("catalog_csv", "make_categories"): CATEGORIES,
+}
+MAKES = [("Audi", "premium"), ("BMW", "premium"), ("Ford", "mainstream"), ("Ferrari", "sports")]
+
+
+def ts(day: int, second: int = 0, offset: bool = True) -> str:
+    """An ISO-8601 timestamp in UTC, with '+00:00' or without offset (both occur in raw)."""
+    value = datetime(2026, 1, 1, tzinfo=UTC) + timedelta(days=day, seconds=second)
+    if offset:
+        return value.isoformat()
+    return value.replace(tzinfo=None).isoformat(timespec="microseconds")
+
+
+def write_raw_run(
+    lake: Lake,
+    source: str,
+    run_id: str,
+    streams: dict[str, list[dict[str, Any]]],
+    extracted_at: datetime,
+    finished_at: str | None = None,
+) -> dict[str, Any]:
+    """Write one committed raw run (Parquet per stream, then the manifest) and return it."""
+    ingest_date = extracted_at.strftime("%Y-%m-%d")
+    manifest_streams: dict[str, Any] = {}
+    for stream, records in streams.items():
+        schema = SCHEMAS[(source, stream)]
+        fields = [pa.field(name, kind) for name, kind in schema.items()] + [
+            pa.field("_airbyte_raw_id", pa.string()),
+            pa.field("_airbyte_extracted_at", pa.timestamp("us", tz="UTC")),
+            pa.field("_airbyte_meta", pa.string()),
+            pa.field("_raw2gold_run_id", pa.string()),
+        ]
+        rows = [
+            {
+                **{name: record.get(name) for name in schema},
+                "_airbyte_raw_id": str(uuid.uuid4()),
+                "_airbyte_extracted_at": extracted_at,
+                "_airbyte_meta": '{"changes": []}',
+                "_raw2gold_run_id": run_id,
+            }
+            for record in records
+        ]
+        table = pa.Table.from_pylist(rows, schema=pa.schema(fields))
+        folder = Lake.raw_run_dir(source, stream, ingest_date, run_id)
+        relative = f"{folder}/part-00000.parquet"
+        lake.fs.create_dir(lake.path(folder), recursive=True)
+        pq.write_table(table, lake.path(relative), filesystem=lake.fs)
+        manifest_streams[stream] = {"files": [relative], "records": len(rows)}
+    manifest = {
+        "run_id": run_id,
+        "source": source,
+        "finished_at": finished_at or extracted_at.isoformat(),
+        "ingest_date": ingest_date,
+        "streams": manifest_streams,
+        "state": {"streams": sorted(streams)},
+    }
+    lake.write_json(Lake.raw_manifest(source, run_id), manifest)
+    return manifest
+
+
+def shop_records(seed: int = 7, users: int = 30, products: int = 12, purchases: int = 120) -> dict:
+    """A deterministic first sync of the faker streams."""
+    rng = random.Random(seed)
+    user_rows = [
+        {
+            "id": i,
+            "name": f"user {i}",
+            "email": f"user{i}@example.com",
+            "age": rng.randint(18, 80),
+            "nationality": rng.choice(["ES", "DE", "FR"]),
+            "created_at": ts(0, i),
+            "updated_at": ts(1, i, offset=i % 2 == 0),
+        }
+        for i in range(1, users + 1)
+    ]
+    product_rows = [
+        {
+            "id": i,
+            "make": MAKES[i % len(MAKES)][0] if i != products else "Lada",
+            "model": f"model {i}",
+            "year": 2000 + i,
+            "price": round(rng.uniform(5, 500), 2),
+            "created_at": ts(0, i),
+            "updated_at": ts(1, i),
+        }
+        for i in range(1, products + 1)
+    ]
+    purchase_rows = []
+    for i in range(1, purchases + 1):
+        day = rng.randint(2, 6)
+        purchased = ts(day, i * 37, offset=i % 3 != 0) if rng.random() < 0.85 else None
+        returned = ts(day + 1, i) if purchased and rng.random() < 0.1 else None
+        purchase_rows.append(
+            {
+                "id": i,
+                "user_id": rng.randint(1, users),
+                "product_id": rng.randint(1, products),
+                "created_at": ts(day, i),
+                "updated_at": ts(day, i + 1),
+                "added_to_cart_at": ts(day, i),
+                "purchased_at": purchased,
+                "returned_at": returned,
+            }
+        )
+    return {"users": user_rows, "products": product_rows, "purchases": purchase_rows}
+
+
+def categories(rows: list[tuple[str, str, str]] | None = None) -> list[dict[str, Any]]:
+    rows = rows or [(m, c, "X") for m, c in MAKES]
+    return [{"make": m, "category": c, "country": k} for m, c, k in rows]

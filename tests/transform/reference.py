@@ -1,0 +1,90 @@
+"""Gold numbers of the shop demo computed without Spark: plain Python over the raw Parquet."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from typing import Any
+
+import pyarrow.parquet as pq
+
+from raw2gold.lake.layout import Lake
+
+
+def parse_ts(value: str | None) -> datetime | None:
+    if value is None:
+        return None
+    parsed = datetime.fromisoformat(value)
+    return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+
+
+def _rows(lake: Lake, source: str, stream: str) -> list[list[dict[str, Any]]]:
+    """Rows per committed run (oldest first)."""
+    runs = []
+    for manifest in lake.committed_raw_runs(source):
+        files = manifest["streams"].get(stream, {}).get("files", [])
+        rows = []
+        for path in files:
+            rows += pq.read_table(lake.path(path), filesystem=lake.fs).to_pylist()
+        if files:
+            runs.append(rows)
+    return runs
+
+
+def latest(lake: Lake, source: str, stream: str, castable: tuple[str, ...] = ()) -> dict:
+    """Deduplicated rows by id: greatest (updated_at, _airbyte_extracted_at) wins."""
+    best: dict[Any, dict[str, Any]] = {}
+    for rows in _rows(lake, source, stream):
+        for row in rows:
+            try:
+                for column in castable:
+                    parse_ts(row[column])
+            except ValueError:
+                continue  # quarantined by the transform
+            key = row["id"]
+            rank = (parse_ts(row["updated_at"]), row["_airbyte_extracted_at"])
+            if key not in best or rank >= best[key]["_rank"]:
+                best[key] = {**row, "_rank": rank}
+    return best
+
+
+def shop_gold(lake: Lake) -> dict[str, Any]:
+    purchases = latest(
+        lake,
+        "faker",
+        "purchases",
+        ("created_at", "updated_at", "added_to_cart_at", "purchased_at", "returned_at"),
+    )
+    products = latest(lake, "faker", "products")
+    users = latest(lake, "faker", "users")
+    snapshots = _rows(lake, "catalog_csv", "make_categories")
+    categories = {r["make"]: r["category"] for r in snapshots[-1]} if snapshots else {}
+
+    daily: dict[tuple[date, str], list[Any]] = defaultdict(lambda: [0, Decimal("0")])
+    clv: dict[int, list[Any]] = {u: [0, Decimal("0")] for u in users}
+    per_product: dict[int, list[Any]] = defaultdict(lambda: [0, Decimal("0")])
+    for p in purchases.values():
+        bought = parse_ts(p["purchased_at"])
+        if bought is None or p["returned_at"] is not None:
+            continue
+        product = products.get(p["product_id"])
+        if product is not None:
+            price = Decimal(repr(product["price"])).quantize(Decimal("0.01"))
+            key = (bought.date(), categories.get(product["make"], "unknown"))
+            daily[key][0] += 1
+            daily[key][1] += price
+            per_product[p["product_id"]][0] += 1
+            per_product[p["product_id"]][1] += price
+        if p["user_id"] in clv:
+            clv[p["user_id"]][0] += 1
+            if product is not None:
+                clv[p["user_id"]][1] += Decimal(repr(product["price"])).quantize(Decimal("0.01"))
+    top = sorted(per_product.items(), key=lambda kv: (-kv[1][1], kv[0]))[:10]
+    return {
+        "daily_category_revenue": {k: (v[0], v[1]) for k, v in daily.items()},
+        "customer_lifetime_value": {k: (v[0], v[1]) for k, v in clv.items()},
+        "top_products": [(k, v[0], v[1]) for k, v in top],
+        "users": users,
+        "purchases": purchases,
+    }

@@ -1,0 +1,201 @@
+"""The shop demo through transform → check → publish on raw fixtures, run after run."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from raw2gold.config.loader import load_pipeline
+from raw2gold.lake.layout import Lake
+from raw2gold.publish.publisher import gold_arrow_table
+from raw2gold.transform.delta import history
+from raw2gold.transform.job import STAGES, run_stage
+from raw2gold.transform.processed import build_processed, processed_raw_runs
+from tests.transform.rawdata import categories, shop_records, ts, write_raw_run
+from tests.transform.reference import parse_ts, shop_gold
+
+T1 = datetime(2026, 1, 8, 6, tzinfo=UTC)
+T2 = datetime(2026, 1, 9, 6, tzinfo=UTC)
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory, spark: Any, shop_pipeline: Path) -> Any:
+    lake_dir = tmp_path_factory.mktemp("shop") / "lake"
+    config = load_pipeline(shop_pipeline, str(lake_dir))
+    lake = Lake(config.lake)
+    write_raw_run(lake, "faker", "r1-faker", shop_records(), T1)
+    write_raw_run(lake, "catalog_csv", "r1-csv", {"make_categories": categories()}, T1)
+    summaries = {stage: run_stage(config, stage, "run1", spark=spark) for stage in STAGES}
+    return SimpleNamespace(config=config, lake=lake, summaries=summaries)
+
+
+def processed(spark: Any, shop: Any, table: str) -> dict[Any, Any]:
+    df = spark.read.format("delta").load(shop.lake.spark_uri(f"processed/{table}"))
+    key = "make" if table == "make_categories" else "id"
+    return {r[key]: r.asDict() for r in df.collect()}
+
+
+def assert_gold_matches_reference(shop: Any) -> None:
+    expected = shop_gold(shop.lake)
+    daily = gold_arrow_table(shop.config, "daily_category_revenue").to_pylist()
+    got = {(r["purchase_date"], r["category"]): (r["purchases"], r["revenue"]) for r in daily}
+    assert got == expected["daily_category_revenue"]
+    clv = gold_arrow_table(shop.config, "customer_lifetime_value").to_pylist()
+    got_clv = {r["user_id"]: (r["purchases"], r["lifetime_value"]) for r in clv}
+    assert got_clv == expected["customer_lifetime_value"]
+    top = gold_arrow_table(shop.config, "top_products").to_pylist()
+    got_top = sorted(
+        [(r["product_id"], r["purchases"], r["revenue"]) for r in top], key=lambda t: -t[2]
+    )
+    assert [t[2] for t in got_top] == [t[2] for t in expected["top_products"]]
+    assert {t[0] for t in got_top} == {t[0] for t in expected["top_products"]}
+
+
+def test_first_load_types_rows_and_summaries(spark: Any, shop: Any) -> None:
+    transform = shop.summaries["transform"]
+    assert transform["status"] == "succeeded"
+    assert transform["processed"]["users"]["mode"] == "overwrite"
+    assert transform["processed"]["users"]["rows_read"] == 30
+    assert transform["processed"]["users"]["rows_written"] == 30
+    assert transform["processed"]["users"]["rows"] == 30
+    assert transform["gold"]["top_products"]["rows"] == 10
+    assert shop.summaries["publish"]["gold"]["customer_lifetime_value"]["format"] == "parquet"
+    assert transform["processed"]["purchases"]["raw_runs"] == ["r1-faker"]
+    assert {c["check"] for c in transform["checks"]} == {"not_null(id,email)", "unique(id)"}
+    assert all(c["passed"] for c in shop.summaries["check"]["checks"])
+    for stage in STAGES:
+        assert shop.lake.read_json(f"_state/runs/run1/{stage}.json")["status"] == "succeeded"
+
+    df = spark.read.format("delta").load(shop.lake.spark_uri("processed/purchases"))
+    types = dict(df.dtypes)
+    assert types["id"] == "bigint" and types["purchased_at"] == "timestamp"
+    assert types["_raw2gold_run_id"] == "string"
+    assert types["_airbyte_extracted_at"] == "timestamp"
+    assert (
+        dict(spark.read.format("delta").load(shop.lake.spark_uri("processed/products")).dtypes)[
+            "price"
+        ]
+        == "decimal(12,2)"
+    )
+    # Timestamps with '+00:00' and without an offset both parse (as UTC).
+    reference = shop_gold(shop.lake)["purchases"]
+    rows = processed(spark, shop, "purchases")
+    assert len(rows) == 120
+    for key, row in rows.items():
+        expected = parse_ts(reference[key]["purchased_at"])
+        got = row["purchased_at"]
+        assert (got is None) == (expected is None)
+        if got is not None:
+            assert got.replace(tzinfo=UTC) == expected
+    assert processed_raw_runs(spark, shop.lake.spark_uri("processed/users")) == {"r1-faker"}
+
+
+def test_gold_matches_independent_computation(shop: Any) -> None:
+    assert_gold_matches_reference(shop)
+
+
+def test_incremental_updates_late_duplicates_and_quarantine(spark: Any, shop: Any) -> None:
+    users = [
+        # newer version of user 1
+        {**_user(1), "email": "new1@example.com", "updated_at": ts(3, 1)},
+        # late duplicate: user 2 with an OLDER cursor than stored must not win
+        {**_user(2), "email": "stale2@example.com", "updated_at": ts(0, 2)},
+        # two versions of user 3 in one run: the latest wins
+        {**_user(3), "email": "mid3@example.com", "updated_at": ts(3, 3)},
+        {**_user(3), "email": "last3@example.com", "updated_at": ts(4, 3, offset=False)},
+        {**_user(31), "email": "user31@example.com"},
+    ]
+    purchases = [
+        {
+            "id": i,
+            "user_id": 31,
+            "product_id": 1 + i % 12,
+            "created_at": ts(7, i),
+            "updated_at": ts(7, i),
+            "added_to_cart_at": ts(7, i),
+            "purchased_at": ts(7, i, offset=i % 2 == 0),
+            "returned_at": None,
+        }
+        for i in range(121, 131)
+    ]
+    bad = {**purchases[0], "id": 131, "purchased_at": "not-a-date"}
+    write_raw_run(
+        shop.lake, "faker", "r2-faker", {"users": users, "purchases": [*purchases, bad]}, T2
+    )
+    snapshot = categories([("Audi", "premium", "DE"), ("Ford", "truck", "US")])
+    write_raw_run(shop.lake, "catalog_csv", "r2-csv", {"make_categories": snapshot}, T2)
+
+    summary = run_stage(shop.config, "transform", "run2", spark=spark)
+    tables = summary["processed"]
+    assert tables["users"]["mode"] == "merge"
+    assert tables["users"]["raw_runs"] == ["r2-faker"]
+    assert tables["purchases"]["rows_quarantined"] == 1
+    assert tables["purchases"]["quarantined"] == 1
+    assert tables["purchases"]["rows"] == 130
+    assert tables["products"]["mode"] == "unchanged"
+    assert tables["make_categories"]["mode"] == "overwrite"
+
+    got = processed(spark, shop, "users")
+    assert len(got) == 31
+    assert got[1]["email"] == "new1@example.com"
+    assert got[2]["email"] == "user2@example.com"
+    assert got[3]["email"] == "last3@example.com"
+    assert got[3]["_raw2gold_run_id"] == "r2-faker"
+    assert got[2]["_raw2gold_run_id"] == "r1-faker"
+    assert len(processed(spark, shop, "purchases")) == 130
+    assert {k: v["category"] for k, v in processed(spark, shop, "make_categories").items()} == {
+        "Audi": "premium",
+        "Ford": "truck",
+    }
+    quarantine = spark.read.format("delta").load(shop.lake.spark_uri("quarantine/purchases"))
+    rows = quarantine.collect()
+    assert len(rows) == 1
+    assert rows[0]["raw_run_id"] == "r2-faker"
+    assert "purchased_at" in rows[0]["reason"] and "not-a-date" in rows[0]["reason"]
+    assert rows[0]["_airbyte_raw_id"]
+
+    run_stage(shop.config, "check", "run2", spark=spark)
+    run_stage(shop.config, "publish", "run2", spark=spark)
+    assert_gold_matches_reference(shop)
+
+
+def test_rerun_without_new_raw_runs_changes_nothing(spark: Any, shop: Any) -> None:
+    def versions() -> dict[str, int]:
+        return {
+            t: history(spark, shop.lake.spark_uri(f"{kind}/{t}"))[0]["version"]
+            for kind, t in [("processed", t) for t in shop.config.processed]
+            + [("quarantine", "purchases")]
+        }
+
+    before = versions()
+    results = build_processed(spark, shop.config, "run3")
+    assert {r.mode for r in results} == {"unchanged"}
+    assert versions() == before
+
+
+def test_full_refresh_rebuilds_the_same_content(spark: Any, shop: Any) -> None:
+    before = {t: processed(spark, shop, t) for t in ("users", "purchases")}
+    results = {r.table: r for r in build_processed(spark, shop.config, "run4", full_refresh=True)}
+    assert results["users"].mode == "overwrite"
+    assert results["users"].raw_runs == ["r1-faker", "r2-faker"]
+    assert results["users"].rows_written == 31
+    for table, rows in before.items():
+        assert processed(spark, shop, table) == rows
+    quarantine = spark.read.format("delta").load(shop.lake.spark_uri("quarantine/purchases"))
+    assert quarantine.count() == 1
+
+
+def _user(i: int) -> dict[str, Any]:
+    return {
+        "id": i,
+        "name": f"user {i}",
+        "email": f"user{i}@example.com",
+        "age": 30,
+        "nationality": "ES",
+        "created_at": ts(0, i),
+        "updated_at": ts(2, i),
+    }
