@@ -34,7 +34,7 @@ java:
 JARS_MARKER := $(CACHE)/jars-$(shell sha1sum src/raw2gold/transform/jars.py 2>/dev/null | cut -c1-12).ok
 
 $(JARS_MARKER): | env java
-	$(VENV)/bin/python -m raw2gold.transform.jars
+	$(VENV)/bin/python -m raw2gold.transform.jars --s3
 	@mkdir -p $(CACHE) && touch "$@"
 
 jars: env java $(JARS_MARKER)
