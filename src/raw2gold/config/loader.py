@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from raw2gold.config.models import GoldModel, PipelineConfig, ProcessedModel, SourceConfig
 
@@ -156,7 +156,11 @@ def _all_table_names(data: dict[str, Any]) -> set[str]:
 
 def _valid_part(data: dict[str, Any]) -> PipelineConfig | None:
     """The config with only its valid entries, so cross-checks can run despite shape problems."""
-    sections = {"sources": SourceConfig, "processed": ProcessedModel, "gold": GoldModel}
+    sections: dict[str, type[BaseModel]] = {
+        "sources": SourceConfig,
+        "processed": ProcessedModel,
+        "gold": GoldModel,
+    }
     clean: dict[str, Any] = {"name": "partial"}
     for key, model in sections.items():
         entries = data.get(key)
@@ -220,17 +224,17 @@ def _semantic_problems(
 
     tables = set(config.processed) | set(config.gold) | (known_tables or set())
     graph: dict[str, set[str]] = {}
-    for name, model in config.gold.items():
-        if model.sql:
-            if not (config.base_dir / model.sql).is_file():
+    for name, gold in config.gold.items():
+        if gold.sql:
+            if not (config.base_dir / gold.sql).is_file():
                 add(
                     ("gold", name, "sql"),
-                    f"SQL file {model.sql} not found",
+                    f"SQL file {gold.sql} not found",
                     "path is relative to the yaml",
                 )
         else:
-            assert model.python is not None
-            module, _, function = model.python.partition(":")
+            assert gold.python is not None
+            module, _, function = gold.python.partition(":")
             if not function:
                 add(
                     ("gold", name, "python"),

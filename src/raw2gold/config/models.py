@@ -257,6 +257,18 @@ class SparkConfig(Strict):
     conf: dict[str, str] = {}
     ssh_conn_id: str | None = None
     spark_conn_id: str | None = None
+    deploy_mode: Literal["client", "cluster"] = Field(
+        default="client",
+        description="cluster mode: where the driver runs (a spark_conn_id's deploy-mode wins)",
+    )
+    remote_python: str = Field(
+        default="python3",
+        description="ssh mode: the python on the remote host that has raw2gold installed",
+    )
+    remote_pipeline: str | None = Field(
+        default=None,
+        description="ssh mode: path of this pipeline.yaml on the remote host (default: same path)",
+    )
 
 
 class NotificationsConfig(Strict):

@@ -28,6 +28,7 @@ from typing import Any
 
 import yaml
 
+from raw2gold.cache import cache_dir
 from raw2gold.config.models import ConnectorSpec
 
 logger = logging.getLogger("raw2gold.ingest")
@@ -38,12 +39,6 @@ INSTALL_TIMEOUT_SECONDS = 900
 
 class ConnectorInstallError(RuntimeError):
     """The connector could not be installed (one line, with the installer's last words)."""
-
-
-def cache_dir() -> Path:
-    """Root of raw2gold's cache: ``$RAW2GOLD_CACHE_DIR`` or ``~/.cache/raw2gold``."""
-    configured = os.environ.get("RAW2GOLD_CACHE_DIR")
-    return Path(configured).expanduser() if configured else Path.home() / ".cache" / "raw2gold"
 
 
 def uv_command() -> list[str]:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import glob
 import os
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -51,6 +51,7 @@ def build_dag(config: PipelineConfig) -> DAG:
         "on_retry_callback": retry_callbacks(config.name, config.notifications),
     }
     start = pendulum.parse(orchestration.start_date, tz=orchestration.timezone)
+    assert isinstance(start, datetime), "orchestration.start_date must be a date or datetime"
     ingest_timeout = timedelta(minutes=orchestration.ingest_timeout_minutes)
     spark_timeout = timedelta(minutes=orchestration.transform_timeout_minutes)
     with DAG(

@@ -139,7 +139,7 @@ class PipelineNotifier(BaseNotifier):
         self.settings = settings
         self.event = event
 
-    def notify(self, context: dict[str, Any]) -> None:
+    def notify(self, context: Any) -> None:
         send(self.settings, task_notification(self.pipeline, self.event, context))
 
 

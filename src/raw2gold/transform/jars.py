@@ -17,6 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from raw2gold.cache import cache_dir
+
 DELTA_SPARK = "io.delta:delta-spark_4.2_2.13:4.4.0"
 HADOOP_AWS = "org.apache.hadoop:hadoop-aws:3.5.0"
 
@@ -51,9 +53,9 @@ IVY_SETTINGS = """<ivysettings>
 
 
 def ivy_dir() -> Path:
-    """The Ivy home (cache + retrieved jars): $RAW2GOLD_IVY_DIR or ~/.cache/raw2gold/ivy."""
+    """The Ivy home (cache + retrieved jars): $RAW2GOLD_IVY_DIR or <raw2gold cache>/ivy."""
     value = os.environ.get("RAW2GOLD_IVY_DIR")
-    return Path(value).expanduser() if value else Path.home() / ".cache" / "raw2gold" / "ivy"
+    return Path(value).expanduser() if value else cache_dir() / "ivy"
 
 
 def ivy_settings_file(ivy: Path | None = None) -> Path:
