@@ -6,4 +6,5 @@ pytest_plugins = [
     "tests.fixtures.servers",
     "tests.fixtures.airflow",
     "tests.fixtures.airbyte_api",
+    "tests.fixtures.cluster",
 ]

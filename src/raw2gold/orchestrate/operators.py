@@ -8,11 +8,7 @@ work happens in ``execute``. External work (a connector subprocess, a Spark job)
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
 import sys
-from collections import deque
 from datetime import UTC, datetime
 from typing import Any
 
@@ -83,10 +79,12 @@ class IngestSourceOperator(BaseOperator):
 
 
 class SparkStageOperator(BaseOperator):
-    """Run one Spark stage (transform, check, publish) as `python -m raw2gold.transform.job`.
+    """Run one Spark stage (transform, check, publish) where ``spark.mode`` says.
 
-    The stage runs in its own process (one JVM per stage, not per model); the operator streams
-    its output into the task log and kills its process group on timeout or kill.
+    local: ``python -m raw2gold.transform.job`` as a child process (see :meth:`command`);
+    cluster: spark-submit through the Airflow Spark provider; ssh: the job on a remote host
+    through the Airflow SSH provider (see :mod:`raw2gold.transform.runners`). The output streams
+    into the task log; timeout or kill stops the job wherever it runs.
     """
 
     template_fields = ("pipeline_path",)
@@ -96,57 +94,42 @@ class SparkStageOperator(BaseOperator):
         super().__init__(**kwargs)
         self.pipeline_path = pipeline_path
         self.stage = stage
-        self._process: subprocess.Popen[str] | None = None
+        self._runner: Any = None
 
     def command(self, run_id: str, full_refresh: bool) -> list[str]:
+        """The local-mode command line."""
         cmd = [sys.executable, "-m", "raw2gold.transform.job", "--pipeline", self.pipeline_path]
         cmd += ["--stage", self.stage, "--run-id", run_id]
         return cmd + (["--full-refresh"] if full_refresh else [])
 
+    def _config(self) -> Any:
+        """The pipeline config, or None when it cannot be read (the local job then reports why)."""
+        from raw2gold.config import load_pipeline
+
+        try:
+            return load_pipeline(self.pipeline_path)
+        except Exception as exc:
+            self.log.warning("could not read %s (%s): running locally", self.pipeline_path, exc)
+            return None
+
     def execute(self, context: Any) -> dict[str, Any]:
+        from raw2gold.transform.runners import StageRunError, make_runner
+
         params = context.get("params") or {}
         run_id, _ = run_ids(context)
-        cmd = self.command(run_id, bool(params.get("full_refresh")))
-        env = {**os.environ, "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")}
-        self.log.info("running: %s", " ".join(cmd))
-        self._process = subprocess.Popen(
-            cmd,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=env,
-            start_new_session=True,
+        self._runner = make_runner(
+            self._config(), self.pipeline_path, self.stage, self.log, command=self.command
         )
-        summary: dict[str, Any] = {}
-        tail: deque[str] = deque(maxlen=40)
-        assert self._process.stdout is not None
-        for line in self._process.stdout:
-            line = line.rstrip("\n")
-            if line.startswith(SUMMARY_PREFIX):
-                summary = json.loads(line[len(SUMMARY_PREFIX) :])
-                continue
-            tail.append(line)
-            self.log.info("%s", line)
-        code = self._process.wait()
-        self._process = None
-        if code != 0:
-            errors = [line for line in tail if line.startswith("raw2gold:")]
-            message = errors[-1] if errors else (tail[-1] if tail else "no output")
-            raise AirflowException(f"Spark stage {self.stage} failed (exit {code}): {message}")
+        try:
+            summary: dict[str, Any] = self._runner.run(run_id, bool(params.get("full_refresh")))
+        except StageRunError as exc:
+            raise AirflowException(str(exc)) from None
         return summary
 
     def on_kill(self) -> None:
-        """Stop the Spark job: SIGTERM its process group, SIGKILL after 10 s."""
-        process = self._process
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
+        """Stop the Spark job: local process group, cluster application or remote process."""
+        if self._runner is not None:
+            self._runner.kill()
 
 
 class RunSummaryOperator(BaseOperator):

@@ -1,0 +1,14 @@
+"""Entry point that spark-submit runs: the same stage job as ``python -m raw2gold.transform.job``.
+
+spark-submit needs a file (not a module) as the application; this file is shipped inside the
+package so local, cluster and ssh deployments run the same code path.
+"""
+
+from __future__ import annotations
+
+import sys
+
+from raw2gold.transform.job import main
+
+if __name__ == "__main__":
+    sys.exit(main())
