@@ -5,7 +5,6 @@ HTTP boundary, and a local folder replaces the S3 destination's bucket."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 from datetime import UTC, datetime
@@ -23,6 +22,7 @@ from raw2gold.config import PipelineConfig, load_pipeline
 from raw2gold.ingest.airbyte_server import destination_store, register_destination_files
 from raw2gold.lake.layout import Lake
 from tests.fixtures.airbyte_api import FakeAirbyteServer, write_destination_files
+from tests.fixtures.airflow import dags_test_home
 from tests.ingest.conftest import read_raw
 
 CONN_ID = "r2g_airbyte"
@@ -72,20 +72,9 @@ with DAG("r2g_airbyte_timeout", **common):
 @pytest.fixture(scope="module")
 def airflow_env(tmp_path_factory) -> dict[str, str]:
     """AIRFLOW_HOME in tmp with the test DAGs; the metadata DB migrated once per module."""
-    home = tmp_path_factory.mktemp("airflow-home")
-    dags = home / "dags"
-    dags.mkdir()
-    (dags / "r2g_airbyte_dags.py").write_text(DAG_FILE)
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    }
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True
+    return dags_test_home(
+        tmp_path_factory.mktemp("airflow-home"), {"r2g_airbyte_dags.py": DAG_FILE}
     )
-    return env
 
 
 def make_config(tmp_path: Path, fmt: str = "parquet", pattern: str = "{stream}/") -> PipelineConfig:

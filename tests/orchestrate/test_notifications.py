@@ -17,6 +17,8 @@ from pathlib import Path
 
 import pytest
 
+from tests.fixtures.airflow import dags_test_home
+
 DAG_FILE = '''
 """Test DAGs for raw2gold's notifications, retries and timeouts (airflow dag file)."""
 import os
@@ -94,20 +96,7 @@ with DAG("r2g_timeout", default_args={"retries": 0}, **common):
 
 @pytest.fixture(scope="module")
 def airflow_home(tmp_path_factory) -> dict[str, str]:
-    home = tmp_path_factory.mktemp("airflow-home")
-    dags = home / "dags"
-    dags.mkdir()
-    (dags / "r2g_test_dags.py").write_text(DAG_FILE)
-    env = {
-        **os.environ,
-        "AIRFLOW_HOME": str(home),
-        "AIRFLOW__CORE__DAGS_FOLDER": str(dags),
-        "AIRFLOW__CORE__LOAD_EXAMPLES": "False",
-    }
-    subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], env=env, check=True, capture_output=True
-    )
-    return env
+    return dags_test_home(tmp_path_factory.mktemp("airflow-home"), {"r2g_test_dags.py": DAG_FILE})
 
 
 def dags_test(

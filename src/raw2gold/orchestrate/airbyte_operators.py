@@ -22,7 +22,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
-from raw2gold.orchestrate.operators import run_ids
+from raw2gold.orchestrate.operators import raw_run_result, run_ids
 
 TRIGGER_POLL_BUFFER = 2  # poll intervals granted to the trigger past execution_timeout
 NO_DEADLINE = 7 * 24 * 3600.0
@@ -88,17 +88,8 @@ class AirbyteServerSyncOperator(BaseOperator):
         manifest = register_destination_files(
             config, self.source, run_id, ingest_date, job_id, log=self.log.info
         )
-        streams = manifest.get("streams", {})
-        rows = {name: s.get("records", 0) for name, s in streams.items()}
-        bad = {name: s.get("quarantined", 0) for name, s in streams.items() if s.get("quarantined")}
-        self.log.info("raw run %s of %s: %s records per stream", run_id, self.source, rows)
-        if bad:
-            self.log.warning("quarantined records per stream: %s", bad)
         return {
-            "run_id": run_id,
-            "source": self.source,
-            "records": rows,
-            "quarantined": bad,
+            **raw_run_result(self.log, manifest, run_id, self.source),
             "airbyte_job_id": job_id,
         }
 

@@ -33,6 +33,17 @@ def run_ids(context: Any) -> tuple[str, str]:
     return run_id, run_after.astimezone(UTC).date().isoformat()
 
 
+def raw_run_result(log: Any, manifest: dict[str, Any], run_id: str, source: str) -> dict[str, Any]:
+    """Log what a raw run landed (records and quarantined records per stream) and return it."""
+    streams = manifest.get("streams", {})
+    rows = {name: s.get("records", 0) for name, s in streams.items()}
+    bad = {name: s.get("quarantined", 0) for name, s in streams.items() if s.get("quarantined")}
+    log.info("raw run %s of %s: %s records per stream", run_id, source, rows)
+    if bad:
+        log.warning("quarantined records per stream: %s", bad)
+    return {"run_id": run_id, "source": source, "records": rows, "quarantined": bad}
+
+
 class IngestSourceOperator(BaseOperator):
     """Run one source's Airbyte connector into the raw layer (embedded connector path)."""
 
@@ -62,13 +73,7 @@ class IngestSourceOperator(BaseOperator):
             full_refresh=bool(params.get("full_refresh")),
             log=self.log.info,
         )
-        streams = manifest.get("streams", {})
-        rows = {name: s.get("records", 0) for name, s in streams.items()}
-        bad = {name: s.get("quarantined", 0) for name, s in streams.items() if s.get("quarantined")}
-        self.log.info("raw run %s of %s: %s records per stream", run_id, self.source, rows)
-        if bad:
-            self.log.warning("quarantined records per stream: %s", bad)
-        return {"run_id": run_id, "source": self.source, "records": rows, "quarantined": bad}
+        return raw_run_result(self.log, manifest, run_id, self.source)
 
     def on_kill(self) -> None:
         """Stop the connector: its whole process group, so no child survives the task."""
