@@ -8,7 +8,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-import sys
 import traceback
 from pathlib import Path
 from typing import Any
@@ -18,6 +17,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from raw2gold.config import ConfigError, PipelineConfig, load_pipeline
+from raw2gold.process_exit import exit_now
 
 console = Console(highlight=False, soft_wrap=True)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
@@ -409,5 +409,10 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
+def entrypoint() -> None:
+    """Console-script entry: run `main`, then leave without native teardown (see process_exit)."""
+    exit_now(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    entrypoint()

@@ -65,12 +65,16 @@ def write_raw_run(
     streams: dict[str, list[dict[str, Any]]],
     extracted_at: datetime,
     finished_at: str | None = None,
+    extra_fields: dict[str, pa.DataType] | None = None,
 ) -> dict[str, Any]:
-    """Write one committed raw run (Parquet per stream, then the manifest) and return it."""
+    """Write one committed raw run (Parquet per stream, then the manifest) and return it.
+
+    `extra_fields` adds columns to every stream's schema, as a connector whose schema grew would.
+    """
     ingest_date = extracted_at.strftime("%Y-%m-%d")
     manifest_streams: dict[str, Any] = {}
     for stream, records in streams.items():
-        schema = SCHEMAS[(source, stream)]
+        schema = {**SCHEMAS[(source, stream)], **(extra_fields or {})}
         fields = [pa.field(name, kind) for name, kind in schema.items()] + [
             pa.field("_airbyte_raw_id", pa.string()),
             pa.field("_airbyte_extracted_at", pa.timestamp("us", tz="UTC")),

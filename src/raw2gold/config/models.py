@@ -201,6 +201,11 @@ class ProcessedModel(Strict):
     cursor: str | None = Field(default=None, description="ordering column: latest row wins")
     columns: dict[str, str] = Field(min_length=1, description="column -> Spark SQL type")
     partition_by: list[str] = []
+    extra_columns: Literal["keep", "drop", "fail"] = Field(
+        default="keep",
+        description="raw columns not declared in columns: keep them with their raw type (a new "
+        "source column appears in processed), drop them, or fail the run",
+    )
     checks: list[CheckConfig] = []
 
     @field_validator("columns")

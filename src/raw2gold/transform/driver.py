@@ -6,9 +6,8 @@ package so local, cluster and ssh deployments run the same code path.
 
 from __future__ import annotations
 
-import sys
-
+from raw2gold.process_exit import exit_now
 from raw2gold.transform.job import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 from raw2gold.config.loader import load_pipeline
 from raw2gold.config.models import PipelineConfig
 from raw2gold.lake.layout import Lake, utc_now
+from raw2gold.process_exit import exit_now
 from raw2gold.quality.checks import CheckFailed, CheckResult, enforce, failure_message, run_checks
 from raw2gold.transform.gold import build_gold, make_ref, read_staged, staged_exists
 from raw2gold.transform.processed import build_processed, read_processed
@@ -212,4 +213,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -18,6 +18,16 @@ Per processed table:
   becomes exactly the newest raw run's rows (overwrite); older runs are marked as seen.
 * ``full_refresh=True`` rebuilds an incremental table from all committed raw runs (overwrite).
 
+**Schema drift** (``extra_columns``, default ``keep``). A raw column that is not declared in
+``columns`` (and is not Airbyte/raw2gold metadata) is carried into processed with its raw type,
+untyped. When such a column first appears in a later raw run it is added to the Delta table
+(``ALTER TABLE ... ADD COLUMNS``, nullable: older rows read NULL) before the MERGE. The MERGE
+names its columns, so a column that later disappears from the source stays in the table: updated
+rows keep their stored value, new rows get NULL. ``drop`` keeps only declared columns;
+``fail`` stops the run naming the stream and the columns. A declared column that is missing in
+raw is always an error. An overwrite (full refresh, snapshot streams) rebuilds the table with
+the columns its raw runs have now.
+
 Processed tables keep two metadata columns: ``_raw2gold_run_id`` (the raw run the row came from)
 and ``_airbyte_extracted_at`` (when the connector read it).
 """
@@ -59,6 +69,7 @@ class ProcessedResult:
     rows_written: int = 0
     rows_inserted: int = 0
     rows_updated: int = 0
+    columns_added: list[str] = field(default_factory=list)
     rows: int = 0  # rows in the table after this run
     delta_version: int = -1
     duration_seconds: float = 0.0
@@ -83,10 +94,29 @@ def _cast(column: str, spark_type: str, source_type: str) -> str:
     return f"try_cast({name} AS {spark_type})"
 
 
+def extra_columns(raw: DataFrame, model: ProcessedModel, table: str) -> list[str]:
+    """Undeclared raw columns that processed carries, per the model's `extra_columns` policy."""
+    extras = [
+        c
+        for c in raw.columns
+        if c not in model.columns and not c.startswith(("_airbyte_", "_raw2gold_"))
+    ]
+    if extras and model.extra_columns == "fail":
+        raise ProcessedError(
+            f"processed {table}: raw stream {model.source} has undeclared column(s) "
+            f"{', '.join(extras)}; declare them under processed.{table}.columns or set "
+            "extra_columns: keep (carry them) or drop (ignore them)"
+        )
+    return extras if model.extra_columns == "keep" else []
+
+
 def typed_with_reasons(
-    raw: DataFrame, model: ProcessedModel, table: str
+    raw: DataFrame, model: ProcessedModel, table: str, extras: list[str] | None = None
 ) -> tuple[DataFrame, list[str]]:
-    """Add typed columns and a `_raw2gold_reasons` array (empty when the row is good)."""
+    """Add typed columns and a `_raw2gold_reasons` array (empty when the row is good).
+
+    Returns the frame and its data columns: the declared ones, then `extras` as they are in raw.
+    """
     from pyspark.sql import functions as F
 
     source_types = dict(raw.dtypes)
@@ -111,15 +141,30 @@ def typed_with_reasons(
     for key in model.primary_key:
         reasons.append(F.when(F.col(key).isNull(), F.lit(f"primary key {key} is null")))
     record = F.to_json(F.struct(*[F.col(c) for c in model.columns]))
+    extras = extras or []
     typed = raw.select(
         *typed_exprs,
+        *[F.col(quote(c)) for c in extras],
         F.col("_raw2gold_run_id"),
         F.col("_airbyte_extracted_at").cast("timestamp").alias("_airbyte_extracted_at"),
         F.col("_airbyte_raw_id"),
         record.alias("_raw2gold_record"),
         F.filter(F.array(*reasons), lambda r: r.isNotNull()).alias("_raw2gold_reasons"),
     )
-    return typed, list(model.columns)
+    return typed, [*model.columns, *extras]
+
+
+def _add_new_columns(spark: SparkSession, uri: str, incoming: DataFrame, table: str) -> list[str]:
+    """Add incoming columns the Delta table lacks (nullable); returns their names."""
+    existing = set(spark.read.format("delta").load(uri).columns)
+    new = [f for f in incoming.schema.fields if f.name not in existing]
+    if new:
+        columns = ", ".join(f"{quote(f.name)} {f.dataType.simpleString()}" for f in new)
+        spark.sql(f"ALTER TABLE {delta_ref(uri)} ADD COLUMNS ({columns})")
+        log.warning(
+            "processed %s: new source column(s) %s added", table, ", ".join(f.name for f in new)
+        )
+    return [f.name for f in new]
 
 
 def deduplicate(df: DataFrame, model: ProcessedModel) -> DataFrame:
@@ -226,7 +271,7 @@ def process_table(
         result.duration_seconds = round(time.monotonic() - started, 3)
         return result
 
-    typed, columns = typed_with_reasons(raw, model, table)
+    typed, columns = typed_with_reasons(raw, model, table, extra_columns(raw, model, table))
     typed = typed.cache()
     try:
         counts = typed.agg(
@@ -258,13 +303,17 @@ def process_table(
                 writer.save(uri)
         else:
             result.mode = "merge"
+            result.columns_added = _add_new_columns(spark, uri, latest, table)
             view = f"__r2g_incoming_{table}"
             latest.createOrReplaceTempView(view)
             on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in model.primary_key)
+            names = [quote(c) for c in latest.columns]
+            updates = ", ".join(f"t.{n} = s.{n}" for n in names)
+            values = ", ".join(f"s.{n}" for n in names)
             sql = (
                 f"MERGE INTO {delta_ref(uri)} AS t USING {view} AS s ON {on} "
-                f"WHEN MATCHED AND {_merge_condition(model)} THEN UPDATE SET * "
-                "WHEN NOT MATCHED THEN INSERT *"
+                f"WHEN MATCHED AND {_merge_condition(model)} THEN UPDATE SET {updates} "
+                f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}) VALUES ({values})"
             )
             with commit_metadata(spark, metadata):
                 stats = spark.sql(sql).collect()

@@ -1,0 +1,99 @@
+"""Schema drift in processed: a column that appears (or disappears) in the source, per policy."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+
+from raw2gold.config.loader import load_pipeline
+from raw2gold.lake.layout import Lake
+from raw2gold.transform.processed import ProcessedError, build_processed
+from tests.transform.rawdata import shop_records, ts, write_raw_run
+
+T1 = datetime(2026, 2, 1, 6, tzinfo=UTC)
+T2 = datetime(2026, 2, 2, 6, tzinfo=UTC)
+T3 = datetime(2026, 2, 3, 6, tzinfo=UTC)
+
+
+def _users(lake_dir: Path, spark: Any) -> dict[int, dict[str, Any]]:
+    df = spark.read.format("delta").load(str(lake_dir / "processed" / "users"))
+    return {row["id"]: row.asDict() for row in df.collect()}
+
+
+def _config(shop_pipeline: Path, lake_dir: Path, policy: str) -> Any:
+    config = load_pipeline(shop_pipeline, str(lake_dir))
+    users = config.processed["users"].model_copy(update={"extra_columns": policy})
+    return config.model_copy(update={"processed": {**config.processed, "users": users}})
+
+
+def test_new_source_column_appears_in_processed_and_a_dropped_one_stays(
+    tmp_path: Path, spark: Any, shop_pipeline: Path
+) -> None:
+    """Policy `keep` (the default): run 2 brings a new column; run 3 no longer has it."""
+    lake_dir = tmp_path / "lake"
+    config = load_pipeline(shop_pipeline, str(lake_dir))
+    assert config.processed["users"].extra_columns == "keep"
+    lake = Lake(config.lake)
+    users = shop_records(users=5)["users"]
+    write_raw_run(lake, "faker", "r1", {"users": users}, T1)
+    [first] = build_processed(spark, config, "run1", tables=["users"])
+    assert first.columns_added == []
+    assert "loyalty_tier" not in _users(lake_dir, spark)[1]
+
+    changed = [
+        {**users[0], "updated_at": ts(5, 1), "loyalty_tier": "gold", "visits": 7},
+        {**users[0], "id": 6, "updated_at": ts(5, 6), "loyalty_tier": "silver", "visits": 2},
+    ]
+    extra = {"loyalty_tier": pa.string(), "visits": pa.int64()}
+    write_raw_run(lake, "faker", "r2", {"users": changed}, T2, extra_fields=extra)
+    [second] = build_processed(spark, config, "run2", tables=["users"])
+    assert second.mode == "merge"
+    assert second.columns_added == ["loyalty_tier", "visits"]
+    rows = _users(lake_dir, spark)
+    assert len(rows) == 6
+    assert (rows[1]["loyalty_tier"], rows[1]["visits"]) == ("gold", 7)
+    assert (rows[6]["loyalty_tier"], rows[6]["visits"]) == ("silver", 2)
+    assert rows[2]["loyalty_tier"] is None and rows[2]["visits"] is None
+    types = dict(spark.read.format("delta").load(str(lake_dir / "processed/users")).dtypes)
+    assert types["visits"] == "bigint" and types["age"] == "int"
+
+    # The source drops the columns again: the MERGE still works and keeps stored values.
+    later = [
+        {**users[0], "email": "again1@example.com", "updated_at": ts(6, 1)},
+        {**users[0], "id": 7, "updated_at": ts(6, 7)},
+    ]
+    write_raw_run(lake, "faker", "r3", {"users": later}, T3)
+    [third] = build_processed(spark, config, "run3", tables=["users"])
+    assert third.mode == "merge" and third.columns_added == []
+    rows = _users(lake_dir, spark)
+    assert rows[1]["email"] == "again1@example.com"
+    assert rows[1]["loyalty_tier"] == "gold"
+    assert rows[7]["loyalty_tier"] is None
+    assert len(rows) == 7
+
+
+def test_policy_drop_ignores_and_fail_names_the_stream_and_columns(
+    tmp_path: Path, spark: Any, shop_pipeline: Path
+) -> None:
+    extra = {"loyalty_tier": pa.string()}
+    users = [{**u, "loyalty_tier": "gold"} for u in shop_records(users=3)["users"]]
+
+    dropping = _config(shop_pipeline, tmp_path / "drop", "drop")
+    write_raw_run(Lake(dropping.lake), "faker", "r1", {"users": users}, T1, extra_fields=extra)
+    [result] = build_processed(spark, dropping, "run1", tables=["users"])
+    assert result.rows == 3
+    assert "loyalty_tier" not in _users(tmp_path / "drop", spark)[1]
+
+    failing = _config(shop_pipeline, tmp_path / "fail", "fail")
+    write_raw_run(Lake(failing.lake), "faker", "r1", {"users": users}, T1, extra_fields=extra)
+    with pytest.raises(ProcessedError) as excinfo:
+        build_processed(spark, failing, "run1", tables=["users"])
+    message = str(excinfo.value)
+    assert "\n" not in message
+    assert "faker.users" in message and "loyalty_tier" in message
+    assert "extra_columns" in message
+    assert not (tmp_path / "fail" / "processed" / "users").exists()
