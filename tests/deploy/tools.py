@@ -12,6 +12,8 @@ import shutil
 import subprocess
 from pathlib import Path
 
+from raw2gold.ingest.connectors import uv_command
+
 CHECKOV_VERSION = "3.3.30"
 ACTIONLINT_VERSION = "v1.7.12"
 
@@ -37,11 +39,11 @@ def checkov_command() -> list[str]:
     env_dir = tools_dir() / f"checkov-{CHECKOV_VERSION}"
     exe = env_dir / "bin" / "checkov"
     if not exe.exists():
-        uv = _need("uv")
-        subprocess.run([uv, "venv", "--quiet", "--python", "3.11", str(env_dir)], check=True)
+        uv = uv_command()  # the project's own uv (dev group), not whatever is on PATH
+        subprocess.run([*uv, "venv", "--quiet", "--python", "3.11", str(env_dir)], check=True)
         subprocess.run(
             [
-                uv,
+                *uv,
                 "pip",
                 "install",
                 "--quiet",

@@ -77,3 +77,27 @@ def test_task_dependencies_follow_the_config(shop_pipeline: Path) -> None:
 def test_pipelines_env_selects_files(shop_pipeline: Path, monkeypatch) -> None:
     monkeypatch.setenv("RAW2GOLD_PIPELINES", str(shop_pipeline.parent / "*.yaml"))
     assert list(load_dags()) == ["raw2gold_shop"]
+
+
+def test_expected_duration_becomes_a_deadline_alert(shop_pipeline: Path) -> None:
+    """With a duration and a channel, the DAG carries a deadline alert (fired by the scheduler:
+    see test_local_airflow); without a channel there is nobody to tell, so no alert."""
+    from airflow.sdk import DeadlineReference
+
+    config = load_pipeline(shop_pipeline)
+    assert build_dag(config).deadline is None
+    notifications = config.notifications.model_copy(update={"webhook_conn_id": "ops_hook"})
+    orchestration = config.orchestration.model_copy(update={"expected_duration_minutes": 45})
+    alerted = config.model_copy(
+        update={"notifications": notifications, "orchestration": orchestration}
+    )
+    deadline = build_dag(alerted).deadline
+    alerts = deadline if isinstance(deadline, list) else [deadline]
+    assert len(alerts) == 1
+    alert = alerts[0]
+    assert alert.reference == DeadlineReference.DAGRUN_QUEUED_AT
+    assert alert.interval.total_seconds() == 45 * 60
+    assert alert.callback.path == "raw2gold.orchestrate.notify.run_overdue"
+    assert alert.callback.kwargs["notifications"]["webhook_conn_id"] == "ops_hook"
+    silent = config.model_copy(update={"orchestration": orchestration})
+    assert build_dag(silent).deadline is None

@@ -17,7 +17,16 @@ import pytest
 
 from raw2gold.cli import main
 from raw2gold.orchestrate import local_airflow
-from tests.fixtures.airflow import FAILING_DAG, PARAMS_DAG, SCHEDULED_DAG, LocalAirflow
+from tests.fixtures.airflow import (
+    FAILING_DAG,
+    OVERDUE_CONN,
+    OVERDUE_DAG,
+    OVERDUE_SECONDS,
+    PARAMS_DAG,
+    SCHEDULED_DAG,
+    LocalAirflow,
+)
+from tests.fixtures.servers import Receiver
 
 LOOPBACK = {"127.0.0.1", "::1"}
 
@@ -113,6 +122,39 @@ def test_trigger_cli_follows_runs(
     assert code == 1, out.out + out.err
     assert "boom failed" in out.out
     assert "failed task(s): boom" in out.err
+
+
+def test_overdue_run_sends_a_deadline_alert_and_still_succeeds(
+    airflow_server: LocalAirflow, http_receiver: Receiver
+) -> None:
+    """A run still going after its expected duration: the scheduler's deadline alert runs
+    raw2gold's callback on the executor, which POSTs to a real HTTP receiver on 127.0.0.1
+    (the webhook's address comes from an Airflow connection created over REST)."""
+    airflow_server.rest(
+        "POST",
+        "/api/v2/connections",
+        json={"connection_id": OVERDUE_CONN, "conn_type": "http", "host": http_receiver.url},
+    )
+    airflow_server.client.wait_for_dag(OVERDUE_DAG)
+    airflow_server.rest("PATCH", f"/api/v2/dags/{OVERDUE_DAG}", json={"is_paused": False})
+    run = airflow_server.rest(
+        "POST", f"/api/v2/dags/{OVERDUE_DAG}/dagRuns", json={"logical_date": None}
+    )
+    run_id = run["dag_run_id"]
+    deadline = time.monotonic() + 120
+    while not http_receiver.received() and time.monotonic() < deadline:
+        time.sleep(1.0)
+    received = [json.loads(body) for body in http_receiver.received()]
+    assert received, f"no overdue alert within 120 s (expected after {OVERDUE_SECONDS} s)"
+    alert = received[0]
+    assert alert["event"] == "run_overdue"
+    assert alert["pipeline"] == "overdue_test"
+    assert alert["run_id"] == run_id
+    assert run_id in alert["text"] and "has not finished" in alert["text"]
+    assert alert["details"]["dag_id"] == OVERDUE_DAG
+    finished = _wait_run(airflow_server, OVERDUE_DAG, run_id)
+    assert finished["state"] == "success"
+    assert len(http_receiver.received()) == 1
 
 
 def test_listens_on_loopback_only_and_status(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,6 +22,7 @@ from raw2gold.publish.publisher import (
     read_gold,
 )
 from raw2gold.transform.job import STAGES, StageError, main, run_stage
+from tests.publish.digest import tree_digest
 from tests.transform.rawdata import shop_records, ts, write_raw_run
 
 PIPELINE = """
@@ -53,15 +53,6 @@ gold:
       - {type: expression, expression: "age < 200"}
       - {type: not_null, columns: [email], severity: warn}
 """
-
-
-def tree_digest(root: Path) -> dict[str, str]:
-    """Every file below root with the SHA-256 of its bytes."""
-    return {
-        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
-        for p in sorted(root.rglob("*"))
-        if p.is_file()
-    }
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,9 @@ from typing import Any
 
 import pyarrow.parquet as pq
 
+from raw2gold.config.models import PipelineConfig
 from raw2gold.lake.layout import Lake
+from raw2gold.publish.publisher import gold_arrow_table
 
 
 def parse_ts(value: str | None) -> datetime | None:
@@ -88,3 +90,20 @@ def shop_gold(lake: Lake) -> dict[str, Any]:
         "users": users,
         "purchases": purchases,
     }
+
+
+def assert_gold_matches_reference(config: PipelineConfig) -> None:
+    """The shop's published gold equals the independent computation over its raw runs."""
+    expected = shop_gold(Lake(config.lake))
+    daily = gold_arrow_table(config, "daily_category_revenue").to_pylist()
+    got = {(r["purchase_date"], r["category"]): (r["purchases"], r["revenue"]) for r in daily}
+    assert got == expected["daily_category_revenue"]
+    clv = gold_arrow_table(config, "customer_lifetime_value").to_pylist()
+    got_clv = {r["user_id"]: (r["purchases"], r["lifetime_value"]) for r in clv}
+    assert got_clv == expected["customer_lifetime_value"]
+    top = gold_arrow_table(config, "top_products").to_pylist()
+    got_top = sorted(
+        [(r["product_id"], r["purchases"], r["revenue"]) for r in top], key=lambda t: -t[2]
+    )
+    assert [t[2] for t in got_top] == [t[2] for t in expected["top_products"]]
+    assert {t[0] for t in got_top} == {t[0] for t in expected["top_products"]}

@@ -11,12 +11,11 @@ import pytest
 
 from raw2gold.config.loader import load_pipeline
 from raw2gold.lake.layout import Lake
-from raw2gold.publish.publisher import gold_arrow_table
 from raw2gold.transform.delta import history
 from raw2gold.transform.job import STAGES, run_stage
 from raw2gold.transform.processed import build_processed, processed_raw_runs
 from tests.transform.rawdata import categories, shop_records, ts, write_raw_run
-from tests.transform.reference import parse_ts, shop_gold
+from tests.transform.reference import assert_gold_matches_reference, parse_ts, shop_gold
 
 T1 = datetime(2026, 1, 8, 6, tzinfo=UTC)
 T2 = datetime(2026, 1, 9, 6, tzinfo=UTC)
@@ -37,22 +36,6 @@ def processed(spark: Any, shop: Any, table: str) -> dict[Any, Any]:
     df = spark.read.format("delta").load(shop.lake.spark_uri(f"processed/{table}"))
     key = "make" if table == "make_categories" else "id"
     return {r[key]: r.asDict() for r in df.collect()}
-
-
-def assert_gold_matches_reference(shop: Any) -> None:
-    expected = shop_gold(shop.lake)
-    daily = gold_arrow_table(shop.config, "daily_category_revenue").to_pylist()
-    got = {(r["purchase_date"], r["category"]): (r["purchases"], r["revenue"]) for r in daily}
-    assert got == expected["daily_category_revenue"]
-    clv = gold_arrow_table(shop.config, "customer_lifetime_value").to_pylist()
-    got_clv = {r["user_id"]: (r["purchases"], r["lifetime_value"]) for r in clv}
-    assert got_clv == expected["customer_lifetime_value"]
-    top = gold_arrow_table(shop.config, "top_products").to_pylist()
-    got_top = sorted(
-        [(r["product_id"], r["purchases"], r["revenue"]) for r in top], key=lambda t: -t[2]
-    )
-    assert [t[2] for t in got_top] == [t[2] for t in expected["top_products"]]
-    assert {t[0] for t in got_top} == {t[0] for t in expected["top_products"]}
 
 
 def test_first_load_types_rows_and_summaries(spark: Any, shop: Any) -> None:
@@ -95,7 +78,7 @@ def test_first_load_types_rows_and_summaries(spark: Any, shop: Any) -> None:
 
 
 def test_gold_matches_independent_computation(shop: Any) -> None:
-    assert_gold_matches_reference(shop)
+    assert_gold_matches_reference(shop.config)
 
 
 def test_incremental_updates_late_duplicates_and_quarantine(spark: Any, shop: Any) -> None:
@@ -160,7 +143,7 @@ def test_incremental_updates_late_duplicates_and_quarantine(spark: Any, shop: An
 
     run_stage(shop.config, "check", "run2", spark=spark)
     run_stage(shop.config, "publish", "run2", spark=spark)
-    assert_gold_matches_reference(shop)
+    assert_gold_matches_reference(shop.config)
 
 
 def test_rerun_without_new_raw_runs_changes_nothing(spark: Any, shop: Any) -> None:

@@ -299,6 +299,12 @@ class OrchestrationConfig(Strict):
     max_retry_delay_seconds: int = Field(default=600, ge=0)
     ingest_timeout_minutes: int = Field(default=60, ge=1)
     transform_timeout_minutes: int = Field(default=120, ge=1)
+    expected_duration_minutes: float | None = Field(
+        default=None,
+        gt=0,
+        description="notify when a run is still going this long after it was queued "
+        "(an Airflow deadline alert); null = off",
+    )
     tags: list[str] = []
 
 

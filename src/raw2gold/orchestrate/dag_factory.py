@@ -18,7 +18,7 @@ from airflow.sdk import DAG, Asset, Param, TaskGroup
 
 from raw2gold.config import PipelineConfig, load_pipeline
 from raw2gold.orchestrate.airbyte_operators import AirbyteServerSyncOperator
-from raw2gold.orchestrate.notify import failure_callbacks, retry_callbacks
+from raw2gold.orchestrate.notify import failure_callbacks, overdue_alert, retry_callbacks
 from raw2gold.orchestrate.operators import (
     IngestSourceOperator,
     RunSummaryOperator,
@@ -54,8 +54,12 @@ def build_dag(config: PipelineConfig) -> DAG:
     assert isinstance(start, datetime), "orchestration.start_date must be a date or datetime"
     ingest_timeout = timedelta(minutes=orchestration.ingest_timeout_minutes)
     spark_timeout = timedelta(minutes=orchestration.transform_timeout_minutes)
+    overdue = overdue_alert(
+        config.name, config.notifications, orchestration.expected_duration_minutes
+    )
     with DAG(
         dag_id=config.dag_id,
+        deadline=overdue,
         description=config.description or f"raw2gold pipeline {config.name}",
         schedule=orchestration.schedule,
         start_date=start,

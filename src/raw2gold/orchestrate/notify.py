@@ -2,8 +2,10 @@
 
 Channels are configured per pipeline by Airflow connection ids only (credentials never appear
 in pipeline.yaml). Events: task failure after the last retry, a retry (optional), a run's
-success summary (optional), quality warnings. A notification that cannot be delivered is logged
-and never raises, so it can neither fail a task nor hide the error that triggered it.
+success summary (optional), quality warnings, and a run still going after its expected duration
+(an Airflow deadline alert whose callback is :func:`run_overdue`). A notification that cannot
+be delivered is logged and never raises, so it can neither fail a task nor hide the error that
+triggered it.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ class Notification:
     """One message, rendered for every channel."""
 
     pipeline: str
-    event: str  # task_failed | task_retry | run_succeeded | quality_warning
+    event: str  # task_failed | task_retry | run_succeeded | quality_warning | run_overdue
     title: str
     text: str
     task_id: str = ""
@@ -141,6 +143,87 @@ class PipelineNotifier(BaseNotifier):
 
     def notify(self, context: Any) -> None:
         send(self.settings, task_notification(self.pipeline, self.event, context))
+
+
+def overdue_notification(
+    pipeline: str, expected_minutes: float, context: dict[str, Any] | None
+) -> Notification:
+    """The message for a run that has not finished within its expected duration."""
+    dag_run = (context or {}).get("dag_run") or {}
+    run_id = str(dag_run.get("dag_run_id") or dag_run.get("run_id") or "?")
+    dag_id = str(dag_run.get("dag_id") or "?")
+    state = str(dag_run.get("state") or "?")
+    queued = str(dag_run.get("queued_at") or "?")
+    link = ""
+    try:
+        from airflow.configuration import conf
+
+        base = conf.get("api", "base_url", fallback="") or ""
+        if base and dag_id != "?":
+            link = f"{base.rstrip('/')}/dags/{dag_id}/runs/{run_id}"
+    except Exception:  # noqa: BLE001 - a link is a nicety, never a reason not to notify
+        link = ""
+    title = f"[raw2gold] {pipeline}: run {run_id} is overdue"
+    text = (
+        f"Pipeline {pipeline}: run {run_id} has not finished {expected_minutes:g} min after it "
+        f"was queued ({queued}); state {state}." + (f"\nRun: {link}" if link else "")
+    )
+    return Notification(
+        pipeline,
+        "run_overdue",
+        title,
+        text,
+        run_id=run_id,
+        log_url=link,
+        details={"dag_id": dag_id, "state": state, "queued_at": queued},
+    )
+
+
+async def run_overdue(
+    pipeline: str,
+    notifications: dict[str, Any],
+    expected_minutes: float,
+    context: dict[str, Any] | None = None,
+) -> dict[str, bool]:
+    """Deadline-alert callback, awaited by the triggerer: tell every channel the run is overdue.
+
+    The triggerer (not an executor callback) because in Airflow 3.3 only its callbacks may read
+    connections through the Execution API. The blocking senders run in a worker thread.
+    """
+    from asgiref.sync import sync_to_async
+
+    settings = NotificationsConfig.model_validate(notifications)
+    message = overdue_notification(pipeline, expected_minutes, context)
+    delivered: dict[str, bool] = await sync_to_async(send)(settings, message)
+    return delivered
+
+
+def overdue_alert(pipeline: str, settings: NotificationsConfig, minutes: float | None) -> Any:
+    """An Airflow DeadlineAlert awaiting :func:`run_overdue` `minutes` after a run is queued.
+
+    None when no duration is set or no channel is configured. The callback's arguments are
+    connection ids and addresses only, never credentials.
+    """
+    if not minutes or not has_channels(settings):
+        return None
+    from datetime import timedelta
+
+    from airflow.sdk.definitions.callback import AsyncCallback
+    from airflow.sdk.definitions.deadline import DeadlineAlert, DeadlineReference
+
+    return DeadlineAlert(
+        reference=DeadlineReference.DAGRUN_QUEUED_AT,
+        interval=timedelta(minutes=minutes),
+        callback=AsyncCallback(
+            f"{__name__}.run_overdue",
+            kwargs={
+                "pipeline": pipeline,
+                "notifications": settings.model_dump(mode="json"),
+                "expected_minutes": minutes,
+            },
+        ),
+        name=f"{pipeline}_overdue",
+    )
 
 
 def has_channels(settings: NotificationsConfig) -> bool:

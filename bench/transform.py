@@ -1,0 +1,372 @@
+"""Benchmark: the shop's raw -> processed -> gold in Spark, against DuckDB computing the same gold.
+
+    .venv/bin/python bench/transform.py --orders 1000000 [--orders 5000000] [--untuned]
+
+For each size it generates raw Parquet runs shaped like the connectors' (purchases = orders,
+users = orders/10, 1,000 products, the categories CSV), then prints side by side:
+
+* Spark full load: the transform, check and publish stages on the shop pipeline (local[2],
+  raw2gold's one-machine tuning), one JVM for all three, as a run does;
+* DuckDB: the same three gold tables from the same raw Parquet (dedup by key, latest cursor);
+* Spark incremental: a second raw run with 1 % new orders, its cost as a share of the full load;
+* with ``--untuned``: the full load again on a fresh lake with Spark's own defaults for the
+  settings raw2gold tunes (shuffle partitions 200, Delta snapshot partitions 50).
+
+Gold from Spark and from DuckDB is compared row by row after each load; a difference fails.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import tempfile
+import time
+from datetime import UTC, datetime, timedelta
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from raw2gold.config import load_pipeline
+from raw2gold.config.models import PipelineConfig
+from raw2gold.lake.layout import Lake
+from raw2gold.publish.publisher import gold_arrow_table
+from raw2gold.transform.job import STAGES, run_stage
+from raw2gold.transform.session import spark_session
+
+ROOT = Path(__file__).resolve().parents[1]
+SHOP = ROOT / "examples" / "shop" / "pipeline.yaml"
+PRODUCTS = 1000
+EPOCH = datetime(2025, 1, 1, tzinfo=UTC)
+MAKES = [
+    ("Audi", "premium"),
+    ("BMW", "premium"),
+    ("Ford", "truck"),
+    ("Ferrari", "sports"),
+    ("Jaguar", "luxury"),
+    ("Toyota", "mainstream"),
+    ("Lada", None),  # no category: 'unknown' in gold
+]
+UNTUNED = {"spark.sql.shuffle.partitions": "200", "spark.databricks.delta.snapshotPartitions": "50"}
+
+
+def iso(seconds: np.ndarray) -> pa.Array:
+    """ISO-8601 UTC strings ('...+00:00'), as the faker connector writes them."""
+    stamps = pa.array((EPOCH.timestamp() + seconds).astype("int64") * 1_000_000, pa.int64())
+    stamps = stamps.cast(pa.timestamp("us", tz="UTC"))
+    return pc.strftime(stamps, format="%Y-%m-%dT%H:%M:%S+00:00")
+
+
+def texts(seconds: np.ndarray) -> np.ndarray:
+    return np.asarray(iso(seconds).to_numpy(zero_copy_only=False), dtype=object)
+
+
+def with_meta(table: pa.Table, run_id: str, extracted_at: datetime) -> pa.Table:
+    n = table.num_rows
+    return (
+        table.append_column("_airbyte_raw_id", pa.array([f"{run_id}-{i}" for i in range(n)]))
+        .append_column(
+            "_airbyte_extracted_at",
+            pa.array([extracted_at] * n, pa.timestamp("us", tz="UTC")),
+        )
+        .append_column("_airbyte_meta", pa.array(['{"changes": []}'] * n))
+        .append_column("_raw2gold_run_id", pa.array([run_id] * n))
+    )
+
+
+def write_run(
+    lake: Lake, source: str, run_id: str, streams: dict[str, pa.Table], extracted_at: datetime
+) -> None:
+    """One committed raw run: Parquet per stream (1M-row files), then its manifest."""
+    ingest_date = extracted_at.strftime("%Y-%m-%d")
+    manifest_streams = {}
+    for stream, table in streams.items():
+        table = with_meta(table, run_id, extracted_at)
+        folder = Lake.raw_run_dir(source, stream, ingest_date, run_id)
+        lake.fs.create_dir(lake.path(folder), recursive=True)
+        files = []
+        for part, offset in enumerate(range(0, max(table.num_rows, 1), 1_000_000)):
+            relative = f"{folder}/part-{part:05d}.parquet"
+            pq.write_table(table.slice(offset, 1_000_000), lake.path(relative), filesystem=lake.fs)
+            files.append(relative)
+        manifest_streams[stream] = {"files": files, "records": table.num_rows}
+    lake.write_json(
+        Lake.raw_manifest(source, run_id),
+        {
+            "run_id": run_id,
+            "source": source,
+            "finished_at": extracted_at.isoformat(),
+            "ingest_date": ingest_date,
+            "streams": manifest_streams,
+            "state": {"streams": sorted(streams)},
+        },
+    )
+
+
+def purchases(rng: np.random.Generator, ids: np.ndarray, users: int, day0: float) -> pa.Table:
+    n = len(ids)
+    created = day0 + rng.uniform(0, 86400 * 30, n)
+    purchased = created + rng.uniform(0, 86400, n)
+    bought = rng.random(n) < 0.85
+    returned = bought & (rng.random(n) < 0.1)
+    return pa.table(
+        {
+            "id": pa.array(ids, pa.int64()),
+            "user_id": pa.array(rng.integers(1, users + 1, n), pa.int64()),
+            "product_id": pa.array(rng.integers(1, PRODUCTS + 1, n), pa.int64()),
+            "created_at": iso(created),
+            "updated_at": iso(purchased + 60),
+            "added_to_cart_at": iso(created),
+            "purchased_at": pa.array(np.where(bought, texts(purchased), None), pa.string()),
+            "returned_at": pa.array(
+                np.where(returned, texts(purchased + 86400), None), pa.string()
+            ),
+        }
+    )
+
+
+def first_load(lake: Lake, orders: int, seed: int = 1) -> None:
+    rng = np.random.default_rng(seed)
+    users = max(orders // 10, 1)
+    user_ids = np.arange(1, users + 1)
+    created = rng.uniform(0, 86400 * 365, users)
+    user_table = pa.table(
+        {
+            "id": pa.array(user_ids, pa.int64()),
+            "name": pa.array([f"user {i}" for i in user_ids]),
+            "email": pa.array([f"user{i}@example.com" for i in user_ids]),
+            "age": pa.array(rng.integers(18, 90, users), pa.int64()),
+            "nationality": pa.array(rng.choice(["ES", "DE", "FR", "US"], users)),
+            "created_at": iso(created),
+            "updated_at": iso(created + 3600),
+        }
+    )
+    product_ids = np.arange(1, PRODUCTS + 1)
+    cents = rng.integers(500, 5_000_000, PRODUCTS)
+    product_table = pa.table(
+        {
+            "id": pa.array(product_ids, pa.int64()),
+            "make": pa.array([MAKES[i % len(MAKES)][0] for i in product_ids]),
+            "model": pa.array([f"model {i}" for i in product_ids]),
+            "year": pa.array(rng.integers(1990, 2026, PRODUCTS), pa.int64()),
+            "price": pa.array(cents / 100.0, pa.float64()),
+            "created_at": iso(np.zeros(PRODUCTS)),
+            "updated_at": iso(np.full(PRODUCTS, 60.0)),
+        }
+    )
+    at = datetime(2026, 1, 1, tzinfo=UTC)
+    streams = {
+        "users": user_table,
+        "products": product_table,
+        "purchases": purchases(rng, np.arange(1, orders + 1), users, 86400 * 400),
+    }
+    write_run(lake, "faker", "bench-full", streams, at)
+    categories = pa.table(
+        {
+            "make": [m for m, c in MAKES if c],
+            "category": [c for m, c in MAKES if c],
+            "country": ["X"] * sum(1 for _, c in MAKES if c),
+        }
+    )
+    write_run(lake, "catalog_csv", "bench-csv", {"make_categories": categories}, at)
+
+
+def one_percent_more(lake: Lake, orders: int, seed: int = 2) -> None:
+    """1 % new orders, after the existing ids (the incremental case the pipeline is built for)."""
+    rng = np.random.default_rng(seed)
+    users = max(orders // 10, 1)
+    new_ids = np.arange(orders + 1, orders + max(orders // 100, 1) + 1)
+    table = purchases(rng, new_ids, users, 86400 * 440)
+    at = datetime(2026, 1, 2, tzinfo=UTC) + timedelta(hours=1)
+    write_run(lake, "faker", "bench-incr", {"purchases": table}, at)
+
+
+LATEST = """
+CREATE OR REPLACE TEMP VIEW {name} AS
+SELECT * EXCLUDE (rn) FROM (
+  SELECT *, row_number() OVER (
+    PARTITION BY {key} ORDER BY {order} _airbyte_extracted_at DESC, _airbyte_raw_id DESC) AS rn
+  FROM read_parquet({files}, union_by_name = true)
+) WHERE rn = 1
+"""
+
+
+def duckdb_gold(lake: Lake) -> tuple[dict[str, list[tuple[Any, ...]]], float]:
+    """The three gold tables computed by DuckDB straight from raw Parquet, and the seconds."""
+    started = time.perf_counter()
+    con = duckdb.connect()
+    con.execute("SET TimeZone = 'UTC'")
+
+    def files(source: str, stream: str) -> list[str]:
+        runs = lake.committed_raw_runs(source)
+        if stream == "make_categories":
+            runs = runs[-1:]  # a full-refresh stream: the newest snapshot is the table
+        return [lake.path(f) for m in runs for f in m["streams"].get(stream, {}).get("files", [])]
+
+    order = "CAST(updated_at AS TIMESTAMPTZ) DESC NULLS LAST,"
+    for name, source, key, cursor in [
+        ("users", "faker", "id", order),
+        ("products", "faker", "id", order),
+        ("purchases", "faker", "id", order),
+        ("make_categories", "catalog_csv", "make", ""),
+    ]:
+        con.execute(
+            LATEST.format(name=f"raw_{name}", key=key, order=cursor, files=files(source, name))
+        )
+    con.execute("""
+        CREATE TEMP TABLE p AS SELECT id, user_id, product_id,
+          CAST(purchased_at AS TIMESTAMPTZ) AS purchased_at,
+          CAST(returned_at AS TIMESTAMPTZ) AS returned_at FROM raw_purchases;
+        CREATE TEMP TABLE pr AS SELECT id, make, CAST(price AS DECIMAL(12, 2)) AS price
+          FROM raw_products;
+        CREATE TEMP TABLE u AS SELECT id, email FROM raw_users;
+        CREATE TEMP TABLE c AS SELECT make, category FROM raw_make_categories;
+    """)
+    daily = con.execute("""
+        SELECT CAST(p.purchased_at AS DATE), COALESCE(c.category, 'unknown'), COUNT(*),
+               CAST(SUM(pr.price) AS DECIMAL(18, 2))
+        FROM p JOIN pr ON pr.id = p.product_id LEFT JOIN c ON c.make = pr.make
+        WHERE p.purchased_at IS NOT NULL AND p.returned_at IS NULL GROUP BY 1, 2
+    """).fetchall()
+    clv = con.execute("""
+        SELECT u.id, u.email, COUNT(p.id), CAST(COALESCE(SUM(pr.price), 0) AS DECIMAL(18, 2)),
+               MIN(p.purchased_at), MAX(p.purchased_at)
+        FROM u LEFT JOIN p ON p.user_id = u.id AND p.purchased_at IS NOT NULL
+                          AND p.returned_at IS NULL
+        LEFT JOIN pr ON pr.id = p.product_id GROUP BY u.id, u.email
+    """).fetchall()
+    top = con.execute("""
+        SELECT pr.id, pr.make, COUNT(*), CAST(SUM(pr.price) AS DECIMAL(18, 2)),
+               COALESCE(ANY_VALUE(c.category), 'unknown')
+        FROM p JOIN pr ON p.product_id = pr.id LEFT JOIN c ON c.make = pr.make
+        WHERE p.purchased_at IS NOT NULL AND p.returned_at IS NULL
+        GROUP BY pr.id, pr.make ORDER BY 4 DESC, 1 LIMIT 10
+    """).fetchall()
+    seconds = time.perf_counter() - started
+    con.close()
+    return {"daily": daily, "clv": clv, "top": top}, seconds
+
+
+def spark_gold(config: PipelineConfig) -> dict[str, list[tuple[Any, ...]]]:
+    def rows(table: str, columns: list[str]) -> list[tuple[Any, ...]]:
+        return [tuple(r[c] for c in columns) for r in gold_arrow_table(config, table).to_pylist()]
+
+    return {
+        "daily": rows(
+            "daily_category_revenue", ["purchase_date", "category", "purchases", "revenue"]
+        ),
+        "clv": rows(
+            "customer_lifetime_value",
+            [
+                "user_id",
+                "email",
+                "purchases",
+                "lifetime_value",
+                "first_purchase_at",
+                "last_purchase_at",
+            ],
+        ),
+        "top": rows("top_products", ["product_id", "make", "purchases", "revenue", "category"]),
+    }
+
+
+def normalise(rows: list[tuple[Any, ...]]) -> list[tuple[Any, ...]]:
+    def value(v: Any) -> Any:
+        if isinstance(v, datetime):
+            return v.astimezone(UTC).replace(tzinfo=None)
+        if isinstance(v, Decimal):
+            return v.quantize(Decimal("0.01"))
+        return v
+
+    return sorted((tuple(value(v) for v in row) for row in rows), key=repr)
+
+
+def compare(spark_rows: dict[str, list[Any]], duck_rows: dict[str, list[Any]], what: str) -> str:
+    for name in duck_rows:
+        if normalise(spark_rows[name]) != normalise(duck_rows[name]):
+            raise SystemExit(f"{what}: gold {name} differs between Spark and DuckDB")
+    return "equal (" + ", ".join(f"{k} {len(v)} rows" for k, v in duck_rows.items()) + ")"
+
+
+def spark_run(spark: Any, config: PipelineConfig, run_id: str) -> dict[str, float]:
+    times = {}
+    for stage in STAGES:
+        started = time.perf_counter()
+        run_stage(config, stage, run_id, spark=spark)
+        times[stage] = time.perf_counter() - started
+    times["total"] = sum(times.values())
+    return times
+
+
+def bench(orders: int, work: Path, untuned: bool) -> list[tuple[str, str, str]]:
+    lines: list[tuple[str, str, str]] = []
+    lake_dir = work / f"lake-{orders}"
+    shutil.rmtree(lake_dir, ignore_errors=True)
+    config = load_pipeline(SHOP, str(lake_dir))
+    lake = Lake(config.lake)
+    started = time.perf_counter()
+    first_load(lake, orders)
+    lines.append(("generate raw Parquet", f"{time.perf_counter() - started:.1f}s", ""))
+
+    spark = spark_session(config, "raw2gold-bench")
+    started = time.perf_counter()
+    spark.range(1).count()
+    lines.append(("Spark JVM start", f"{time.perf_counter() - started:.1f}s", "once per run"))
+
+    full = spark_run(spark, config, "full")
+    duck, duck_seconds = duckdb_gold(lake)
+    same = compare(spark_gold(config), duck, "full load")
+    detail = ", ".join(f"{s} {full[s]:.1f}s" for s in STAGES)
+    lines.append(("Spark full load", f"{full['total']:.1f}s", detail))
+    lines.append(("DuckDB same gold", f"{duck_seconds:.1f}s", f"gold {same}"))
+
+    one_percent_more(lake, orders)
+    incr = spark_run(spark, config, "incr")
+    duck, duck_seconds = duckdb_gold(lake)
+    same = compare(spark_gold(config), duck, "incremental")
+    share = 100 * incr["total"] / full["total"]
+    detail = ", ".join(f"{s} {incr[s]:.1f}s" for s in STAGES)
+    lines.append(
+        ("Spark +1% incremental", f"{incr['total']:.1f}s", f"{share:.0f}% of full; {detail}")
+    )
+    lines.append(("DuckDB recompute all", f"{duck_seconds:.1f}s", f"gold {same}"))
+
+    if untuned:
+        before = {k: spark.conf.get(k) for k in UNTUNED}
+        for key, value in UNTUNED.items():
+            spark.conf.set(key, value)
+        lake_untuned = work / f"lake-{orders}-untuned"
+        shutil.rmtree(lake_untuned, ignore_errors=True)
+        config_untuned = load_pipeline(SHOP, str(lake_untuned))
+        first_load(Lake(config_untuned.lake), orders)
+        plain = spark_run(spark, config_untuned, "full")
+        for key, value in before.items():
+            spark.conf.set(key, value)
+        settings = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in UNTUNED.items())
+        lines.append(("Spark full, untuned", f"{plain['total']:.1f}s", settings))
+    spark.stop()
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--orders", type=int, action="append", help="orders (repeatable)")
+    parser.add_argument("--untuned", action="store_true", help="also run with Spark defaults")
+    parser.add_argument("--work", default=None, help="work folder (default: a temp folder)")
+    args = parser.parse_args()
+    work = Path(args.work or tempfile.mkdtemp(prefix="raw2gold-bench-"))
+    for orders in args.orders or [1_000_000]:
+        lines = bench(orders, work, args.untuned)
+        print(f"\n== {orders:,} orders ({orders // 10:,} users, {PRODUCTS} products), local[2]")
+        width = max(len(what) for what, _, _ in lines)
+        for what, seconds, note in lines:
+            print(f"{what:<{width}}  {seconds:>8}  {note}")
+
+
+if __name__ == "__main__":
+    main()
