@@ -15,6 +15,7 @@ from raw2gold.config import load_pipeline
 from raw2gold.ingest import ConnectorError, check_source, ingest_source
 from raw2gold.lake.layout import Lake
 from tests.fixtures.paths import SHOP
+from tests.fixtures.servers import HttpsFiles, S3Server, TlsFront
 from tests.ingest.conftest import FILE, MakePipeline, read_raw
 
 DAY = "2026-11-26"
@@ -143,3 +144,84 @@ def test_missing_file_and_malformed_csv_fail_in_one_line(
     assert not ok and "nope.csv" in status
     lake = Lake(config.lake)
     assert lake.list_files("raw") == [] and not lake.exists("_state")
+
+
+def test_https_url_with_a_private_ca(
+    make_pipeline: MakePipeline,
+    https_files: HttpsFiles,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """source-file reads a CSV over HTTPS from a real TLS server on 127.0.0.1; the certificate
+    is trusted only through REQUESTS_CA_BUNDLE, which the connector inherits."""
+    (https_files.folder / "orders.csv").write_text(
+        "id,customer,amount\n" + "".join(f"{i},c{i % 4},{i}.25\n" for i in range(1, 41))
+    )
+    source = file_source(tmp_path / "unused", "csv", "orders")
+    source["config"]["url"] = f"{https_files.url}/orders.csv"
+    source["config"]["provider"] = {"storage": "HTTPS", "user_agent": False}
+    config = make_pipeline({"web": source})
+
+    with pytest.raises(ConnectorError) as untrusted:
+        ingest_source(config, "web", "r0", DAY)
+    assert "\n" not in str(untrusted.value)
+    assert "certificate" in str(untrusted.value).lower()
+
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(https_files.ca_file))
+    monkeypatch.setenv("SSL_CERT_FILE", str(https_files.ca_file))
+    manifest = ingest_source(config, "web", "r1", DAY)
+    stream = manifest["streams"]["orders"]
+    landed = sorted(
+        (int(r["id"]), r["customer"], r["amount"]) for r in read_raw(config, stream["files"])
+    )
+    assert landed == [(i, f"c{i % 4}", i + 0.25) for i in range(1, 41)]
+    assert stream["records"] == 40 and stream["quarantined"] == 0
+    assert any(line.startswith("GET /orders.csv") for line in https_files.requests())
+
+
+def test_s3_url_with_credentials_from_the_environment(
+    make_pipeline: MakePipeline,
+    s3_server: S3Server,
+    s3_over_tls: TlsFront,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """source-file reads JSONL from s3:// on a real S3-compatible server (SeaweedFS, which checks
+    credentials) on 127.0.0.1. The keys reach the connector as ${VAR} references, never inline.
+
+    source-file 0.5.39 (smart_open 6, botocore 1.24) reaches a non-AWS server only through
+    smart_open's `s3://HOST:PORT@bucket/key` form and only over HTTPS, so the server is put
+    behind a TLS front whose CA the connector trusts through AWS_CA_BUNDLE."""
+    bucket = s3_server.create_bucket("source-file")
+    rows = [{"id": i, "kind": "view" if i % 2 else "buy", "value": i * 1.5} for i in range(1, 26)]
+    body = "".join(json.dumps(r) + "\n" for r in rows)
+    s3_server.client().put_object(Bucket=bucket, Key="events/2026/events.jsonl", Body=body)
+    monkeypatch.setenv("R2G_SRC_KEY", s3_server.access_key)
+    monkeypatch.setenv("R2G_SRC_SECRET", s3_server.secret_key)
+    monkeypatch.setenv("AWS_CA_BUNDLE", str(s3_over_tls.ca_file))
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    source = {
+        "connector": FILE,
+        "config": {
+            "dataset_name": "events",
+            "format": "jsonl",
+            "url": f"s3://{s3_over_tls.host_port}@{bucket}/events/2026/events.jsonl",
+            "provider": {
+                "storage": "S3",
+                "aws_access_key_id": "${R2G_SRC_KEY}",
+                "aws_secret_access_key": "${R2G_SRC_SECRET}",
+            },
+        },
+        "streams": [{"name": "events"}],
+    }
+    config = make_pipeline({"bucket_events": source})
+    manifest = ingest_source(config, "bucket_events", "r1", DAY)
+    stream = manifest["streams"]["events"]
+    landed = {int(r["id"]): (r["kind"], r["value"]) for r in read_raw(config, stream["files"])}
+    assert landed == {r["id"]: (r["kind"], r["value"]) for r in rows}
+    assert s3_server.secret_key not in json.dumps(manifest)
+
+    monkeypatch.setenv("R2G_SRC_SECRET", "wrong-secret")
+    with pytest.raises(ConnectorError) as denied:
+        ingest_source(config, "bucket_events", "r2", DAY)
+    assert "\n" not in str(denied.value)
+    assert "wrong-secret" not in str(denied.value)
