@@ -155,6 +155,10 @@ def test_overdue_run_sends_a_deadline_alert_and_still_succeeds(
     finished = _wait_run(airflow_server, OVERDUE_DAG, run_id)
     assert finished["state"] == "success"
     assert len(http_receiver.received()) == 1
+    # The triggerer that ran the callback is still alive (a callback result Airflow cannot
+    # store once killed it).
+    _, alive, _ = local_airflow.status(airflow_server.home)
+    assert alive["triggerer"], "the triggerer died after running the deadline callback"
 
 
 def test_listens_on_loopback_only_and_status(

@@ -184,18 +184,21 @@ async def run_overdue(
     notifications: dict[str, Any],
     expected_minutes: float,
     context: dict[str, Any] | None = None,
-) -> dict[str, bool]:
+) -> str:
     """Deadline-alert callback, awaited by the triggerer: tell every channel the run is overdue.
 
     The triggerer (not an executor callback) because in Airflow 3.3 only its callbacks may read
-    connections through the Execution API. The blocking senders run in a worker thread.
+    connections through the Execution API. The blocking senders run in a worker thread. The
+    result is text: Airflow stores it in a text column, and anything else kills the triggerer.
     """
     from asgiref.sync import sync_to_async
 
     settings = NotificationsConfig.model_validate(notifications)
     message = overdue_notification(pipeline, expected_minutes, context)
     delivered: dict[str, bool] = await sync_to_async(send)(settings, message)
-    return delivered
+    return ", ".join(
+        f"{channel}: {'sent' if ok else 'failed'}" for channel, ok in delivered.items()
+    )
 
 
 def overdue_alert(pipeline: str, settings: NotificationsConfig, minutes: float | None) -> Any:
