@@ -55,6 +55,9 @@ def test_local_conf_has_delta_tuning_and_user_conf_last() -> None:
     assert conf["spark.sql.shuffle.partitions"] == "8"
     assert "hadoop-aws" not in conf["spark.jars.packages"]
     assert not any(k.startswith("spark.hadoop.fs.s3a") for k in conf)
+    # Local mode gets a heap sized for the machine (Spark's 1 GiB default runs out on 5M rows).
+    heap = int(conf["spark.driver.memory"].removesuffix("g"))
+    assert 1 <= heap <= 8
 
 
 def test_s3_conf_sets_s3a_and_never_shows_keys(monkeypatch: pytest.MonkeyPatch) -> None:

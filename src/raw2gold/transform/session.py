@@ -31,6 +31,17 @@ LOCAL_TUNING = {
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "4",
 }
+def local_driver_memory() -> str:
+    """Heap for a local-mode Spark (driver and executor in one JVM): half this machine's memory,
+    between 1 GiB and 8 GiB. Spark's own default (1 GiB) runs out of heap on a few million rows.
+    It is a maximum, not a reservation; `spark.driver.memory` in config.spark.conf wins."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return "1g"
+    return f"{max(1, min(8, total // 2**31))}g"
+
+
 ALWAYS = {
     "spark.sql.extensions": "io.delta.sql.DeltaSparkSessionExtension",
     "spark.sql.catalog.spark_catalog": "org.apache.spark.sql.delta.catalog.DeltaCatalog",
@@ -96,6 +107,7 @@ def spark_conf(config: PipelineConfig, include_s3_jars: bool | None = None) -> d
     conf.update(ALWAYS)
     if config.spark.master.startswith("local"):
         conf.update(LOCAL_TUNING)
+        conf["spark.driver.memory"] = local_driver_memory()
         # Tables are path-based Delta; keep Spark's unused warehouse out of the working dir.
         conf["spark.sql.warehouse.dir"] = str(Path(tempfile.gettempdir()) / "raw2gold-warehouse")
     conf.update(s3a_conf(config))
