@@ -240,7 +240,11 @@ class GoldModel(Strict):
     sql: str | None = Field(default=None, description="path of a .sql file, relative to the yaml")
     python: str | None = Field(default=None, description="module.py:function, relative to yaml")
     format: Literal["delta", "parquet"] = "delta"
-    mode: Literal["overwrite", "merge"] = "overwrite"
+    mode: Literal["overwrite", "merge", "replace_partitions"] = Field(
+        default="overwrite",
+        description="delta: overwrite the table, merge rows on keys, or replace only the "
+        "partitions the run's output holds (partition_by); parquet: overwrite",
+    )
     keys: list[str] = []
     partition_by: list[str] = []
     checks: list[CheckConfig] = []
@@ -251,6 +255,8 @@ class GoldModel(Strict):
             raise ValueError("give exactly one of 'sql' or 'python'")
         if self.mode == "merge" and (self.format != "delta" or not self.keys):
             raise ValueError("mode merge needs format delta and keys: [..]")
+        if self.mode == "replace_partitions" and (self.format != "delta" or not self.partition_by):
+            raise ValueError("mode replace_partitions needs format delta and partition_by: [..]")
         return self
 
 

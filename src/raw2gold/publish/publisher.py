@@ -2,6 +2,8 @@
 
 * Delta, mode overwrite: one overwrite commit (``partitionBy`` when configured).
 * Delta, mode merge: one ``MERGE INTO`` on the model's keys.
+* Delta, mode replace_partitions: one dynamic partition overwrite: the partitions present in
+  the run's output are replaced, all others stay as they are.
 * Parquet: the data goes to ``gold/<table>/version=<run_id>/``; then the pointer
   ``gold/<table>/_current.json`` is replaced in one atomic write. The newest
   :data:`KEEP_VERSIONS` versions are kept.
@@ -129,6 +131,15 @@ def _publish_delta(
                 "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
             )
         spark.catalog.dropTempView(view)
+    elif model.mode == "replace_partitions" and is_delta(lake, relative):
+        writer = (
+            df.write.format("delta")
+            .mode("overwrite")
+            .option("partitionOverwriteMode", "dynamic")
+            .partitionBy(*model.partition_by)
+        )
+        with commit_metadata(spark, metadata):
+            writer.save(uri)
     else:
         writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
         if model.partition_by:

@@ -31,6 +31,8 @@ LOCAL_TUNING = {
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "4",
 }
+
+
 def local_driver_memory() -> str:
     """Heap for a local-mode Spark (driver and executor in one JVM): half this machine's memory,
     between 1 GiB and 8 GiB. Spark's own default (1 GiB) runs out of heap on a few million rows.
