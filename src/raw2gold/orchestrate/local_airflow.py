@@ -260,10 +260,12 @@ def check_db_driver(db_url: str) -> None:
     if not scheme.startswith("postgres"):
         return
     driver = scheme.split("+", 1)[1] if "+" in scheme else "psycopg2"
-    if importlib.util.find_spec(driver) is None:
+    # Airflow 3 also opens the metadata DB asynchronously, through asyncpg.
+    missing = [m for m in (driver, "asyncpg") if importlib.util.find_spec(m) is None]
+    if missing:
         raise AirflowError(
-            f"{mask_db_url(db_url)} needs the {driver} module; install it with "
-            "`uv pip install 'apache-airflow[postgres]'` (or psycopg2-binary)"
+            f"{mask_db_url(db_url)} needs the {' and '.join(missing)} module(s); install "
+            "raw2gold's postgres extra: `uv pip install 'raw2gold[postgres]'`"
         )
 
 
