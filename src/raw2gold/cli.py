@@ -86,8 +86,9 @@ def _print_run_summary(
         for stream, stats in streams.items():
             note = f"{stats['quarantined']} quarantined" if stats.get("quarantined") else ""
             table.add_row("raw", f"{source}.{stream}", str(stats["records"]), note)
-    transform = summary["stages"].get("transform", {})
-    for name, stats in transform.get("processed", {}).items():
+    stages = summary["stages"]
+    processed = stages.get("processed") or stages.get("transform") or {}
+    for name, stats in processed.get("processed", {}).items():
         note = f"{stats.get('quarantined', 0)} quarantined" if stats.get("quarantined") else ""
         table.add_row("processed", name, str(stats.get("rows", "")), note)
     publish = summary["stages"].get("publish", {})

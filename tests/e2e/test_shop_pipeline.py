@@ -51,8 +51,15 @@ def test_run_succeeds_and_prints_a_summary(shop_run: dict) -> None:
     result = shop_run["result"]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    for task in ("ingest.faker", "ingest.catalog_csv", "transform", "check", "publish", "done"):
+    tasks = ("ingest.faker", "ingest.catalog_csv", "processed.build", "gold.build", "gold.check")
+    for task in (*tasks, "gold.publish", "done"):
         assert f"✔ {task} success" in out, out
+    # Layer by layer: both ingests before processed, then gold build, check, publish, done.
+    finished = [out.index(f"✔ {t} success") for t in ("processed.build", "gold.build")]
+    assert max(out.index(f"✔ ingest.{s} success") for s in ("faker", "catalog_csv")) < finished[0]
+    order = ["processed.build", "gold.build", "gold.check", "gold.publish", "done"]
+    positions = [out.index(f"✔ {t} success") for t in order]
+    assert positions == sorted(positions), out
     assert "rows per layer" in out and "time per task" in out
     assert "gold.daily_category_revenue" in out
 

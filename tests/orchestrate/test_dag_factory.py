@@ -53,22 +53,28 @@ def test_task_dependencies_follow_the_config(shop_pipeline: Path) -> None:
     assert set(tasks) == {
         "ingest.faker",
         "ingest.catalog_csv",
-        "transform",
-        "check",
-        "publish",
+        "processed.build",
+        "gold.build",
+        "gold.check",
+        "gold.publish",
         "done",
     }
+    assert set(dag.task_group.children) == {"ingest", "processed", "gold", "done"}
     for source in ("ingest.faker", "ingest.catalog_csv"):
-        assert tasks[source].downstream_task_ids == {"transform"}
+        assert tasks[source].downstream_task_ids == {"processed.build"}
         assert tasks[source].upstream_task_ids == set()
-    assert tasks["transform"].downstream_task_ids == {"check"}
-    assert tasks["check"].downstream_task_ids == {"publish"}
-    assert tasks["publish"].downstream_task_ids == {"done"}
-    assert tasks["transform"].trigger_rule == "none_failed"
+    assert tasks["processed.build"].downstream_task_ids == {"gold.build"}
+    assert tasks["gold.build"].downstream_task_ids == {"gold.check"}
+    assert tasks["gold.check"].downstream_task_ids == {"gold.publish"}
+    assert tasks["gold.publish"].downstream_task_ids == {"done"}
+    assert tasks["processed.build"].trigger_rule == "none_failed"
+    stages = {t: getattr(tasks[t], "stage", None) for t in tasks}
+    assert stages["processed.build"] == "processed" and stages["gold.build"] == "gold"
+    assert "customer_lifetime_value" in (tasks["gold.build"].doc_md or "")
     assert dag.max_active_runs == 1
     assert dag.catchup is False
     assert tasks["ingest.faker"].retries == 2
-    assert {a.uri for a in tasks["publish"].outlets} == {
+    assert {a.uri for a in tasks["gold.publish"].outlets} == {
         gold_asset_uri(config, t) for t in config.gold
     }
     assert set(dag.params.keys()) == {"full_refresh", "sources", "run_id"}

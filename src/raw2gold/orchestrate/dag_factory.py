@@ -1,6 +1,10 @@
 """Build one Airflow DAG per pipeline config.
 
-ingest (one task per source, in parallel) -> transform -> check -> publish -> done.
+One task group per layer: ``ingest`` (one task per source, in parallel, into raw) ->
+``processed`` (``processed.build``: every processed table and its checks) -> ``gold``
+(``gold.build`` stages every gold model in dependency order, ``gold.check`` runs the gold
+quality checks, ``gold.publish`` publishes atomically) -> ``done`` (summary, notifications).
+Each Spark task starts one JVM for all the tables of its step, not one per model.
 Nothing heavy happens here: reading the YAML and building operators takes milliseconds, so DAG
 files parse fast. Users add sources and models by editing config, never this code.
 """
@@ -17,6 +21,7 @@ import pendulum
 from airflow.sdk import DAG, Asset, Param, TaskGroup
 
 from raw2gold.config import PipelineConfig, load_pipeline
+from raw2gold.config.loader import gold_order
 from raw2gold.orchestrate.airbyte_operators import AirbyteServerSyncOperator
 from raw2gold.orchestrate.notify import failure_callbacks, overdue_alert, retry_callbacks
 from raw2gold.orchestrate.operators import (
@@ -102,30 +107,43 @@ def build_dag(config: PipelineConfig) -> DAG:
                     execution_timeout=ingest_timeout,
                     pool=os.environ.get("RAW2GOLD_CONNECTOR_POOL", "default_pool"),
                 )
-        transform = SparkStageOperator(
-            task_id="transform",
-            pipeline_path=pipeline_path,
-            stage="transform",
-            execution_timeout=spark_timeout,
-            trigger_rule="none_failed",
-        )
-        check = SparkStageOperator(
-            task_id="check",
-            pipeline_path=pipeline_path,
-            stage="check",
-            execution_timeout=spark_timeout,
-        )
-        publish = SparkStageOperator(
-            task_id="publish",
-            pipeline_path=pipeline_path,
-            stage="publish",
-            execution_timeout=spark_timeout,
-            outlets=[
-                Asset(name=f"{config.name}.{t}", uri=gold_asset_uri(config, t)) for t in config.gold
-            ],
-        )
+        with TaskGroup("processed", tooltip="raw -> processed: typed, deduplicated, MERGEd"):
+            processed = SparkStageOperator(
+                task_id="build",
+                pipeline_path=pipeline_path,
+                stage="processed",
+                execution_timeout=spark_timeout,
+                trigger_rule="none_failed",
+                doc_md="Processed tables: " + ", ".join(config.processed),
+            )
+        with TaskGroup("gold", tooltip="processed -> gold: build, check, publish atomically"):
+            build = SparkStageOperator(
+                task_id="build",
+                pipeline_path=pipeline_path,
+                stage="gold",
+                execution_timeout=spark_timeout,
+                doc_md="Gold models in dependency order: " + " -> ".join(gold_order(config)),
+            )
+            check = SparkStageOperator(
+                task_id="check",
+                pipeline_path=pipeline_path,
+                stage="check",
+                execution_timeout=spark_timeout,
+            )
+            publish = SparkStageOperator(
+                task_id="publish",
+                pipeline_path=pipeline_path,
+                stage="publish",
+                execution_timeout=spark_timeout,
+                outlets=[
+                    Asset(name=f"{config.name}.{t}", uri=gold_asset_uri(config, t))
+                    for t in config.gold
+                ],
+            )
+            build >> check >> publish
         done = RunSummaryOperator(task_id="done", pipeline_path=pipeline_path)
-        ingest >> transform >> check >> publish >> done
+        ingest >> processed >> build
+        publish >> done
     return dag
 
 

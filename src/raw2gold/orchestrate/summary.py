@@ -22,7 +22,7 @@ def run_summary(pipeline_path: str, run_id: str, lake_uri: str | None = None) ->
                 for name, s in manifest.get("streams", {}).items()
             }
     stages = {}
-    for stage in ("transform", "check", "publish"):
+    for stage in ("transform", "processed", "gold", "check", "publish"):
         relative = Lake.run_record(run_id, stage)
         if lake.exists(relative):
             stages[stage] = lake.read_json(relative)

@@ -35,7 +35,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("raw2gold.transform.job")
 
+# A run in one process: transform (= processed + gold), check, publish. The DAG runs the same
+# work as one task per layer step: processed, gold, check, publish (LAYER_STAGES).
 STAGES = ("transform", "check", "publish")
+LAYER_STAGES = ("processed", "gold", "check", "publish")
+ALL_STAGES = ("transform", "processed", "gold", "check", "publish")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SUMMARY_PREFIX = "RAW2GOLD_SUMMARY "
 
@@ -83,7 +87,7 @@ def _execute(
     full_refresh: bool,
     summary: dict[str, Any],
 ) -> None:
-    if stage == "transform":
+    if stage in ("transform", "processed"):
         processed = build_processed(spark, config, run_id, full_refresh)
         for p in processed:
             summary["processed"][p.table] = p.as_dict()
@@ -92,6 +96,7 @@ def _execute(
             c.as_dict() for c in _processed_checks(spark, config, run_id, existing)
         ]
         enforce([CheckResult(**c) for c in summary["checks"]])
+    if stage in ("transform", "gold"):
         for g in build_gold(spark, config, run_id):
             summary["gold"][g.table] = {**g.as_dict(), "format": config.gold[g.table].format}
     elif stage == "check":
@@ -104,8 +109,8 @@ def _execute(
         for r in publish(spark, config, run_id):
             summary["gold"][r.table] = r.as_dict()
         summary["lineage"] = lineage(spark, config, run_id)
-    else:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    elif stage not in ("transform", "processed"):
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(ALL_STAGES)}")
 
 
 def read_exists(config: PipelineConfig, table: str) -> bool:
@@ -126,8 +131,8 @@ def run_stage(
 
     Raises :class:`StageError` (with the summary) when the stage fails.
     """
-    if stage not in STAGES:
-        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(STAGES)}")
+    if stage not in ALL_STAGES:
+        raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(ALL_STAGES)}")
     if not RUN_ID.match(run_id):
         raise ValueError(f"run id {run_id!r} is not path-safe (letters, digits, . _ -)")
     lake = Lake(config.lake)
@@ -185,7 +190,7 @@ def _finish(lake: Lake, summary: dict[str, Any], started: float) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m raw2gold.transform.job")
     parser.add_argument("--pipeline", required=True, help="path of pipeline.yaml")
-    parser.add_argument("--stage", required=True, choices=STAGES)
+    parser.add_argument("--stage", required=True, choices=ALL_STAGES)
     parser.add_argument("--run-id", required=True)
     parser.add_argument("--full-refresh", action="store_true")
     parser.add_argument("--lake", default=None, help="override the lake URI")
