@@ -32,7 +32,7 @@ from airflow.sdk import DAG
 
 from raw2gold.config.models import NotificationsConfig
 from raw2gold.orchestrate.notify import failure_callbacks, retry_callbacks
-from raw2gold.orchestrate.operators import SparkStageOperator
+from raw2gold.orchestrate.operators import RunSummaryOperator, SparkStageOperator
 
 STATE = Path(os.environ.get("R2G_TEST_STATE", "/nonexistent"))
 settings = NotificationsConfig(
@@ -86,6 +86,11 @@ with DAG(
 ):
     PythonOperator(task_id="flaky", python_callable=fails_once)
 
+with DAG("r2g_run_summary", params={"run_id": "20260102T030405Z-0123abcd"}, **common):
+    RunSummaryOperator(
+        task_id="done", pipeline_path=os.environ.get("R2G_TEST_PIPELINE", "/nonexistent")
+    )
+
 with DAG("r2g_timeout", default_args={"retries": 0}, **common):
     SleepingStage(
         task_id="spark", pipeline_path="unused", stage="transform",
@@ -100,10 +105,10 @@ def airflow_home(tmp_path_factory) -> dict[str, str]:
 
 
 def dags_test(
-    env: dict[str, str], dag_id: str, state: Path, **conns: dict
+    env: dict[str, str], dag_id: str, state: Path, extra_env: dict | None = None, **conns: dict
 ) -> subprocess.CompletedProcess:
     state.mkdir(parents=True, exist_ok=True)
-    run_env = {**env, "R2G_TEST_STATE": str(state)}
+    run_env = {**env, "R2G_TEST_STATE": str(state), **(extra_env or {})}
     for conn_id, conn in conns.items():
         run_env[f"AIRFLOW_CONN_{conn_id.upper()}"] = json.dumps(conn)
     return subprocess.run(
@@ -215,3 +220,65 @@ def _alive(pid: int) -> bool:
     # A zombie is dead for our purpose.
     status = Path(f"/proc/{pid}/status")
     return status.exists() and "State:\tZ" not in status.read_text()
+
+
+SUMMARY_PIPELINE = """
+name: demo
+lake: {uri: ./lake}
+sources:
+  faker:
+    connector: {package: airbyte-source-faker, version: 7.2.1}
+    streams: [{name: users}]
+notifications:
+  slack_conn_id: r2g_slack
+  webhook_conn_id: r2g_hook
+  on_success: true
+"""
+
+
+def test_run_end_sends_the_success_summary_and_quality_warnings(
+    airflow_home, http_receiver, tmp_path
+) -> None:
+    """The closing task of a run (RunSummaryOperator) reads what the stages recorded in the lake
+    and sends a quality warning (a failed `warn` check) and the success summary."""
+    from datetime import UTC, datetime
+
+    from raw2gold.config import load_pipeline
+    from raw2gold.lake.layout import Lake
+    from tests.transform.rawdata import shop_records, write_raw_run
+
+    run_id = "20260102T030405Z-0123abcd"
+    (tmp_path / "pipeline.yaml").write_text(SUMMARY_PIPELINE)
+    lake = Lake(load_pipeline(tmp_path / "pipeline.yaml").lake)
+    users = shop_records(users=7)["users"]
+    write_raw_run(lake, "faker", run_id, {"users": users}, datetime(2026, 1, 2, tzinfo=UTC))
+    lake.write_json(lake.run_record(run_id, "processed"), {"processed": {"users": {"rows": 7}}})
+    warning = {
+        "table": "users",
+        "check": "unique(email)",
+        "passed": False,
+        "severity": "warn",
+        "failing_rows": 2,
+    }
+    lake.write_json(lake.run_record(run_id, "check"), {"status": "succeeded", "checks": [warning]})
+    gold = {"top_users": {"rows": 5, "format": "delta"}}
+    lake.write_json(lake.run_record(run_id, "publish"), {"status": "succeeded", "gold": gold})
+
+    result = dags_test(
+        airflow_home,
+        "r2g_run_summary",
+        tmp_path / "state",
+        extra_env={"R2G_TEST_PIPELINE": str(tmp_path / "pipeline.yaml")},
+        **channels(http_receiver.url, 0),
+    )
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-2000:]
+    bodies = [json.loads(b) for b in http_receiver.received()]
+    hook = {b["event"]: b for b in bodies if b.get("source") == "raw2gold"}
+    slack = [b["text"] for b in bodies if b.get("source") != "raw2gold"]
+    assert set(hook) == {"quality_warning", "run_succeeded"}, bodies
+    assert "users: unique(email) (2 rows)" in hook["quality_warning"]["text"]
+    success = hook["run_succeeded"]
+    assert success["run_id"] == run_id
+    assert "7 raw records" in success["text"]
+    assert "gold published: top_users (5 rows)" in success["text"]
+    assert len(slack) == 2 and any("succeeded" in text for text in slack)
