@@ -107,39 +107,34 @@ def build_dag(config: PipelineConfig) -> DAG:
                     execution_timeout=ingest_timeout,
                     pool=os.environ.get("RAW2GOLD_CONNECTOR_POOL", "default_pool"),
                 )
-        with TaskGroup("processed", tooltip="raw -> processed: typed, deduplicated, MERGEd"):
-            processed = SparkStageOperator(
-                task_id="build",
+
+        def spark_task(task_id: str, stage: str, **kwargs: Any) -> SparkStageOperator:
+            return SparkStageOperator(
+                task_id=task_id,
                 pipeline_path=pipeline_path,
-                stage="processed",
+                stage=stage,
                 execution_timeout=spark_timeout,
+                **kwargs,
+            )
+
+        with TaskGroup("processed", tooltip="raw -> processed: typed, deduplicated, MERGEd"):
+            processed = spark_task(
+                "build",
+                "processed",
                 trigger_rule="none_failed",
                 doc_md="Processed tables: " + ", ".join(config.processed),
             )
         with TaskGroup("gold", tooltip="processed -> gold: build, check, publish atomically"):
-            build = SparkStageOperator(
-                task_id="build",
-                pipeline_path=pipeline_path,
-                stage="gold",
-                execution_timeout=spark_timeout,
+            build = spark_task(
+                "build",
+                "gold",
                 doc_md="Gold models in dependency order: " + " -> ".join(gold_order(config)),
             )
-            check = SparkStageOperator(
-                task_id="check",
-                pipeline_path=pipeline_path,
-                stage="check",
-                execution_timeout=spark_timeout,
-            )
-            publish = SparkStageOperator(
-                task_id="publish",
-                pipeline_path=pipeline_path,
-                stage="publish",
-                execution_timeout=spark_timeout,
-                outlets=[
-                    Asset(name=f"{config.name}.{t}", uri=gold_asset_uri(config, t))
-                    for t in config.gold
-                ],
-            )
+            check = spark_task("check", "check")
+            assets = [
+                Asset(name=f"{config.name}.{t}", uri=gold_asset_uri(config, t)) for t in config.gold
+            ]
+            publish = spark_task("publish", "publish", outlets=assets)
             build >> check >> publish
         done = RunSummaryOperator(task_id="done", pipeline_path=pipeline_path)
         ingest >> processed >> build
