@@ -5,8 +5,8 @@
 For each size it generates raw Parquet runs shaped like the connectors' (purchases = orders,
 users = orders/10, 1,000 products, the categories CSV), then prints side by side:
 
-* Spark full load: the transform, check and publish stages on the shop pipeline (local[2],
-  raw2gold's one-machine tuning), one JVM for all three, as a run does;
+* Spark full load: the processed, gold, check and publish stages of the shop pipeline (local[2],
+  raw2gold's one-machine tuning), in one JVM here (the DAG gives each stage its own);
 * DuckDB: the same three gold tables from the same raw Parquet (dedup by key, latest cursor);
 * Spark incremental: a second raw run with 1 % new orders, its cost as a share of the full load;
 * with ``--untuned``: the full load again on a fresh lake with Spark's own defaults for the
@@ -36,7 +36,8 @@ from raw2gold.config import load_pipeline
 from raw2gold.config.models import PipelineConfig
 from raw2gold.lake.layout import Lake
 from raw2gold.publish.publisher import gold_arrow_table
-from raw2gold.transform.job import STAGES, run_stage
+from raw2gold.transform.job import LAYER_STAGES as STAGES
+from raw2gold.transform.job import run_stage
 from raw2gold.transform.session import spark_session
 
 ROOT = Path(__file__).resolve().parents[1]
