@@ -23,23 +23,11 @@ from raw2gold.publish.publisher import (
 )
 from raw2gold.transform.job import STAGES, StageError, main, run_stage
 from tests.publish.digest import tree_digest
-from tests.transform.rawdata import shop_records, ts, write_raw_run
+from tests.transform.rawdata import shop_records, ts, users_pipeline, write_raw_run
 
-PIPELINE = """
-name: mini
-lake: {uri: ./lake}
-sources:
-  faker:
-    connector: {package: airbyte-source-faker, version: 7.2.1}
-    streams:
-      - {name: users, sync_mode: incremental, cursor_field: [updated_at], primary_key: [id]}
-processed:
-  users:
-    source: faker.users
-    primary_key: [id]
-    cursor: updated_at
-    columns: {id: bigint, email: string, age: int, nationality: string, updated_at: timestamp}
-gold:
+PIPELINE = users_pipeline(
+    "mini",
+    """
   by_nationality:
     sql: by_nationality.sql
     format: delta
@@ -52,7 +40,8 @@ gold:
     checks:
       - {type: expression, expression: "age < 200"}
       - {type: not_null, columns: [email], severity: warn}
-"""
+""",
+)
 
 
 @pytest.fixture(scope="module")

@@ -13,23 +13,11 @@ from raw2gold.config import ConfigError, load_pipeline
 from raw2gold.lake.layout import Lake
 from raw2gold.publish.publisher import gold_arrow_table, publish_history
 from raw2gold.transform.job import STAGES, run_stage
-from tests.transform.rawdata import shop_records, ts, write_raw_run
+from tests.transform.rawdata import shop_records, ts, users_pipeline, write_raw_run
 
-PIPELINE = """
-name: modes
-lake: {uri: ./lake}
-sources:
-  faker:
-    connector: {package: airbyte-source-faker, version: 7.2.1}
-    streams:
-      - {name: users, sync_mode: incremental, cursor_field: [updated_at], primary_key: [id]}
-processed:
-  users:
-    source: faker.users
-    primary_key: [id]
-    cursor: updated_at
-    columns: {id: bigint, email: string, age: int, nationality: string, updated_at: timestamp}
-gold:
+PIPELINE = users_pipeline(
+    "modes",
+    """
   user_emails:
     sql: latest.sql
     format: delta
@@ -40,7 +28,8 @@ gold:
     format: delta
     mode: replace_partitions
     partition_by: [nationality]
-"""
+""",
+)
 LATEST_RUN = "(SELECT MAX(_raw2gold_run_id) FROM {{ ref('users') }})"
 
 

@@ -159,3 +159,26 @@ def shop_records(seed: int = 7, users: int = 30, products: int = 12, purchases: 
 def categories(rows: list[tuple[str, str, str]] | None = None) -> list[dict[str, Any]]:
     rows = rows or [(m, c, "X") for m, c in MAKES]
     return [{"make": m, "category": c, "country": k} for m, c, k in rows]
+
+
+USERS_PIPELINE = """
+name: {name}
+lake: {uri: ./lake}
+sources:
+  faker:
+    connector: {package: airbyte-source-faker, version: 7.2.1}
+    streams:
+      - {name: users, sync_mode: incremental, cursor_field: [updated_at], primary_key: [id]}
+processed:
+  users:
+    source: faker.users
+    primary_key: [id]
+    cursor: updated_at
+    columns: {id: bigint, email: string, age: int, nationality: string, updated_at: timestamp}
+gold:
+"""
+
+
+def users_pipeline(name: str, gold: str) -> str:
+    """A pipeline.yaml: the faker users stream, its processed table, and the given `gold:` body."""
+    return USERS_PIPELINE.replace("{name}", name) + gold.lstrip("\n")
