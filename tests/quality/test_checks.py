@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -70,3 +71,35 @@ def test_warn_failures_do_not_stop_the_stage(spark: Any, tables: dict[str, Any])
     assert [r.passed for r in results] == [False, True]
     assert len(results[0].sample) == 2
     enforce(results)
+
+
+def test_row_count_change_against_the_previous_version(spark: Any, tables: dict[str, Any]) -> None:
+    orders = tables["orders"]  # 11 rows
+    checks = [
+        CheckConfig(type="row_count", max_change_percent=50),
+        CheckConfig(type="row_count", max_change_percent=5, severity="warn"),
+    ]
+    previous = orders.limit(8)  # 11 vs 8 rows: 37.5 % more
+    results = run_checks(spark, "orders", orders, checks, tables.__getitem__, lambda: previous)
+    assert [r.passed for r in results] == [True, False]
+    assert "37.5% change vs previous 8 rows (over 5%)" in results[1].message
+    assert results[1].sample == [{"row_count": 11, "previous_row_count": 8, "change_percent": 37.5}]
+    first = run_checks(spark, "orders", orders, checks[:1], tables.__getitem__, lambda: None)
+    assert first[0].passed and "no previous version" in first[0].message
+
+
+def test_freshness_of_the_newest_value(spark: Any) -> None:
+    now = datetime.now(UTC)
+    events = spark.createDataFrame(
+        [(1, now - timedelta(hours=30)), (2, now - timedelta(hours=2))], "id int, at timestamp"
+    )
+    stale = events.where("id = 1")
+    empty = events.where("id = 0")
+    check = CheckConfig(type="freshness", columns=["at"], max_age_hours=6)
+    fresh, old, none = (
+        run_checks(spark, "events", df, [check], {}.__getitem__)[0] for df in (events, stale, empty)
+    )
+    assert fresh.passed and fresh.message.startswith("newest at is 2.0 h old (max 6 h)")
+    assert not old.passed and old.message == "newest at is 30.0 h old (max 6 h)"
+    assert old.sample[0]["age_hours"] == pytest.approx(30, abs=0.1)
+    assert not none.passed and none.message == "no at value: the table is empty"

@@ -66,6 +66,7 @@ def shop_gold(lake: Lake) -> dict[str, Any]:
     daily: dict[tuple[date, str], list[Any]] = defaultdict(lambda: [0, Decimal("0")])
     clv: dict[int, list[Any]] = {u: [0, Decimal("0")] for u in users}
     per_product: dict[int, list[Any]] = defaultdict(lambda: [0, Decimal("0")])
+    span: dict[int, list[datetime]] = {}  # user -> [first, last] completed purchase
     for p in purchases.values():
         bought = parse_ts(p["purchased_at"])
         if bought is None or p["returned_at"] is not None:
@@ -79,6 +80,8 @@ def shop_gold(lake: Lake) -> dict[str, Any]:
             per_product[p["product_id"]][0] += 1
             per_product[p["product_id"]][1] += price
         if p["user_id"] in clv:
+            first_last = span.setdefault(p["user_id"], [bought, bought])
+            first_last[:] = [min(first_last[0], bought), max(first_last[1], bought)]
             clv[p["user_id"]][0] += 1
             if product is not None:
                 clv[p["user_id"]][1] += Decimal(repr(product["price"])).quantize(Decimal("0.01"))
@@ -86,6 +89,9 @@ def shop_gold(lake: Lake) -> dict[str, Any]:
     return {
         "daily_category_revenue": {k: (v[0], v[1]) for k, v in daily.items()},
         "customer_lifetime_value": {k: (v[0], v[1]) for k, v in clv.items()},
+        "customer_details": {
+            u: (row["email"], *span.get(u, [None, None])) for u, row in users.items()
+        },
         "top_products": [(k, v[0], v[1]) for k, v in top],
         "users": users,
         "purchases": purchases,
@@ -101,6 +107,10 @@ def assert_gold_matches_reference(config: PipelineConfig) -> None:
     clv = gold_arrow_table(config, "customer_lifetime_value").to_pylist()
     got_clv = {r["user_id"]: (r["purchases"], r["lifetime_value"]) for r in clv}
     assert got_clv == expected["customer_lifetime_value"]
+    details = {
+        r["user_id"]: (r["email"], r["first_purchase_at"], r["last_purchase_at"]) for r in clv
+    }
+    assert details == expected["customer_details"]
     top = gold_arrow_table(config, "top_products").to_pylist()
     got_top = sorted(
         [(r["product_id"], r["purchases"], r["revenue"]) for r in top], key=lambda t: -t[2]

@@ -48,7 +48,11 @@ def test_first_load_types_rows_and_summaries(spark: Any, shop: Any) -> None:
     assert transform["gold"]["top_products"]["rows"] == 10
     assert shop.summaries["publish"]["gold"]["customer_lifetime_value"]["format"] == "parquet"
     assert transform["processed"]["purchases"]["raw_runs"] == ["r1-faker"]
-    assert {c["check"] for c in transform["checks"]} == {"not_null(id,email)", "unique(id)"}
+    assert {c["check"] for c in transform["checks"]} == {
+        "not_null(id,email)",
+        "unique(id)",
+        "row_count",
+    }
     assert all(c["passed"] for c in shop.summaries["check"]["checks"])
     for stage in STAGES:
         assert shop.lake.read_json(f"_state/runs/run1/{stage}.json")["status"] == "succeeded"
@@ -74,7 +78,7 @@ def test_first_load_types_rows_and_summaries(spark: Any, shop: Any) -> None:
         assert (got is None) == (expected is None)
         if got is not None:
             assert got.replace(tzinfo=UTC) == expected
-    assert processed_raw_runs(spark, shop.lake.spark_uri("processed/users")) == {"r1-faker"}
+    assert processed_raw_runs(shop.lake, "processed/users") == {"r1-faker"}
 
 
 def test_gold_matches_independent_computation(shop: Any) -> None:

@@ -256,6 +256,14 @@ def _semantic_problems(
                     f"known tables: {', '.join(sorted(tables))}",
                 )
         graph[name] = {r for r in refs if r in config.gold}
+        if gold.incremental:
+            for table in gold.incremental.inputs:
+                if table not in config.processed or table not in refs:
+                    add(
+                        ("gold", name, "incremental", "inputs", table),
+                        f"{table!r} is not a processed table this model refers to",
+                        f"the model reads: {', '.join(refs) or 'no tables'}",
+                    )
 
     try:
         tuple(TopologicalSorter(graph).static_order())

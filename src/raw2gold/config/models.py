@@ -147,12 +147,21 @@ class CheckConfig(Strict):
         "row_count",
         "expression",
         "sql",
+        "freshness",
     ]
     columns: list[str] = []
     values: list[Any] = []
     to: str | None = Field(default=None, description="relationships: table.column referenced")
     min: int | None = None
     max: int | None = None
+    max_change_percent: float | None = Field(
+        default=None,
+        ge=0,
+        description="row_count: largest change in rows vs the previous version, in percent",
+    )
+    max_age_hours: float | None = Field(
+        default=None, gt=0, description="freshness: the newest value of the column may be this old"
+    )
     expression: str | None = Field(default=None, description="expression: must hold on every row")
     sql: str | None = Field(default=None, description="sql: returns the offending rows")
     severity: Literal["error", "warn"] = "error"
@@ -164,9 +173,12 @@ class CheckConfig(Strict):
             "unique": bool(self.columns),
             "accepted_values": len(self.columns) == 1 and bool(self.values),
             "relationships": len(self.columns) == 1 and bool(self.to and "." in self.to),
-            "row_count": self.min is not None or self.max is not None,
+            "row_count": self.min is not None
+            or self.max is not None
+            or self.max_change_percent is not None,
             "expression": bool(self.expression),
             "sql": bool(self.sql),
+            "freshness": len(self.columns) == 1 and self.max_age_hours is not None,
         }
         if not needs[self.type]:
             hints = {
@@ -174,9 +186,10 @@ class CheckConfig(Strict):
                 "unique": "columns: [..]",
                 "accepted_values": "one column and values: [..]",
                 "relationships": "one column and to: table.column",
-                "row_count": "min and/or max",
+                "row_count": "min, max and/or max_change_percent",
                 "expression": "expression: <SQL boolean>",
                 "sql": "sql: <query returning offending rows>",
+                "freshness": "one timestamp column and max_age_hours",
             }
             raise ValueError(f"check {self.type} needs {hints[self.type]}")
         return self
@@ -234,6 +247,37 @@ class ProcessedModel(Strict):
         return self
 
 
+class IncrementalGold(Strict):
+    """How a gold model is rebuilt for only the groups its changed inputs touch.
+
+    ``by`` names the gold columns of a group (e.g. ``[purchase_date]``); ``inputs`` gives, per
+    processed table the model refers to, the SQL expression(s) over that table's rows that yield
+    the group (e.g. ``purchases: CAST(purchased_at AS DATE)``). Contract: every gold row of a
+    group is computed only from the rows of each listed input whose expression equals that group
+    (other tables are read whole). A change in any table not listed rebuilds the whole model.
+    """
+
+    by: list[str] = Field(min_length=1, description="gold columns that identify a group")
+    inputs: dict[str, str | list[str]] = Field(
+        min_length=1, description="processed table -> expression(s) giving `by` from its rows"
+    )
+
+    @model_validator(mode="after")
+    def _one_expression_per_column(self) -> IncrementalGold:
+        for table, expressions in self.inputs.items():
+            count = 1 if isinstance(expressions, str) else len(expressions)
+            if count != len(self.by):
+                raise ValueError(
+                    f"inputs.{table} gives {count} expression(s) for {len(self.by)} `by` column(s)"
+                )
+        return self
+
+    def expressions(self, table: str) -> list[str]:
+        """The expressions of one input, one per `by` column."""
+        value = self.inputs[table]
+        return [value] if isinstance(value, str) else list(value)
+
+
 class GoldModel(Strict):
     """A gold table: a SQL file (with {{ ref('table') }}) or a PySpark function."""
 
@@ -247,6 +291,10 @@ class GoldModel(Strict):
     )
     keys: list[str] = []
     partition_by: list[str] = []
+    incremental: IncrementalGold | None = Field(
+        default=None,
+        description="rebuild only the groups (`by`) that changed rows of `inputs` touch",
+    )
     checks: list[CheckConfig] = []
 
     @model_validator(mode="after")
@@ -257,6 +305,10 @@ class GoldModel(Strict):
             raise ValueError("mode merge needs format delta and keys: [..]")
         if self.mode == "replace_partitions" and (self.format != "delta" or not self.partition_by):
             raise ValueError("mode replace_partitions needs format delta and partition_by: [..]")
+        if self.incremental and self.mode != "overwrite":
+            raise ValueError(
+                "incremental replaces the changed groups itself: leave mode at overwrite"
+            )
         return self
 
 

@@ -9,6 +9,7 @@ quarantine/<table>/                       Delta: rejected rows with the reason
 _state/sources/<source>.json              connector state of the last committed run
 _state/runs/<run_id>/                     run bookkeeping (stage summaries)
 _staging/<run_id>/gold/<table>/           gold built and checked, not yet published
+_staging/<run_id>/builds/<table>.json      how it was built (full | incremental | unchanged)
 ```
 See docs/lake-layout.md.
 """
@@ -161,6 +162,16 @@ class Lake:
     def staging_gold(run_id: str, table: str) -> str:
         return f"_staging/{run_id}/gold/{table}"
 
+    @staticmethod
+    def staging_build(run_id: str, table: str) -> str:
+        """What the gold stage decided for a table (full, incremental or unchanged build)."""
+        return f"_staging/{run_id}/builds/{table}.json"
+
+    @staticmethod
+    def staging_affected(run_id: str, table: str) -> str:
+        """The groups an incremental gold build recomputed (Parquet, one column per `by`)."""
+        return f"_staging/{run_id}/affected/{table}"
+
     # ---- small files -------------------------------------------------------------------------
     def exists(self, *parts: str) -> bool:
         info = self.fs.get_file_info(self.path(*parts))
@@ -201,6 +212,12 @@ class Lake:
         path = self.path(relative)
         if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
             self.fs.delete_dir(path)
+
+    def delete_file(self, relative: str) -> None:
+        """Delete one file if it exists."""
+        path = self.path(relative)
+        if self.fs.get_file_info(path).type == pafs.FileType.File:
+            self.fs.delete_file(path)
 
     # ---- runs ---------------------------------------------------------------------------------
     def committed_raw_runs(self, source: str) -> list[dict[str, Any]]:

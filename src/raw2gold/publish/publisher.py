@@ -4,6 +4,9 @@
 * Delta, mode merge: one ``MERGE INTO`` on the model's keys.
 * Delta, mode replace_partitions: one dynamic partition overwrite: the partitions present in
   the run's output are replaced, all others stay as they are.
+* Incremental builds (a model's ``incremental``): one ``MERGE INTO`` that deletes the rows of
+  the rebuilt groups and inserts their new rows (Delta); Parquet writes the whole new version.
+* Unchanged builds (inputs and model as at the last publish) publish nothing.
 * Parquet: the data goes to ``gold/<table>/version=<run_id>/``; then the pointer
   ``gold/<table>/_current.json`` is replaced in one atomic write. The newest
   :data:`KEEP_VERSIONS` versions are kept.
@@ -27,8 +30,23 @@ import pyarrow.fs as pafs
 from raw2gold.config.loader import gold_order
 from raw2gold.config.models import PipelineConfig
 from raw2gold.lake.layout import Lake, utc_now
-from raw2gold.transform.delta import commit_metadata, delta_ref, history, is_delta, quote
-from raw2gold.transform.gold import read_staged, staged_exists
+from raw2gold.transform.delta import (
+    commit_metadata,
+    delta_ref,
+    history,
+    is_delta,
+    log_version,
+    newest_metadata,
+    quote,
+    sql_literal,
+)
+from raw2gold.transform.gold import (
+    AFFECTED_PREFIX,
+    prospective,
+    read_affected,
+    read_staged,
+    staged_build,
+)
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -38,6 +56,8 @@ log = logging.getLogger(__name__)
 
 POINTER = "_current.json"
 KEEP_VERSIONS = 3
+MAX_PARTITIONS = 1000  # rebuilt partitions replaced by replaceWhere; more: by MERGE
+BUILD_KEYS = ("mode", "reason", "inputs", "model_hash", "groups")  # recorded with each publish
 
 
 class PublishError(RuntimeError):
@@ -51,7 +71,7 @@ class PublishResult:
     table: str
     format: str
     mode: str
-    action: str  # published | already_published
+    action: str  # published | already_published | unchanged
     rows: int
     version: str
     duration_seconds: float
@@ -72,6 +92,19 @@ def current_pointer(lake: Lake, table: str) -> dict[str, Any] | None:
     return pointer
 
 
+def last_publish(lake: Lake, config: PipelineConfig, table: str) -> dict[str, Any] | None:
+    """The lineage recorded by a gold table's newest raw2gold publish (None: never published).
+
+    Read without Spark: the newest Delta commits' userMetadata, or the Parquet pointer.
+    """
+    if config.gold[table].format == "parquet":
+        pointer = current_pointer(lake, table)
+        meta = (pointer or {}).get("lineage")
+        return dict(meta) if isinstance(meta, dict) else None
+    found = newest_metadata(lake, lake.gold_table(table), "raw2gold_run_id")
+    return found[1] if found else None
+
+
 def _run_record(lake: Lake, run_id: str, stage: str) -> dict[str, Any] | None:
     relative = lake.run_record(run_id, stage)
     if not lake.exists(relative):
@@ -82,21 +115,18 @@ def _run_record(lake: Lake, run_id: str, stage: str) -> dict[str, Any] | None:
 
 def lineage(spark: SparkSession, config: PipelineConfig, run_id: str) -> dict[str, Any]:
     """Inputs of the run's gold: each processed table's Delta version and the raw runs its
-    newest raw2gold commit applied (read from Delta history, so retries keep the lineage)."""
+    newest raw2gold commit applied (read from the Delta log, so retries keep the lineage)."""
     lake = Lake(config.lake)
     inputs: dict[str, Any] = {}
     for table in config.processed:
         relative = lake.processed_table(table)
-        if not is_delta(lake, relative):
+        newest = log_version(lake, relative)
+        if newest < 0:
             continue
-        commits = history(spark, lake.spark_uri(relative))
-        last = next(
-            (c for c in commits if isinstance(c["metadata"], dict) and "raw_runs" in c["metadata"]),
-            None,
-        )
-        meta = last["metadata"] if last else {}
+        found = newest_metadata(lake, relative, "raw_runs")
+        meta = found[1] if found else {}
         inputs[table] = {
-            "delta_version": int(commits[0]["version"]) if commits else -1,
+            "delta_version": newest,
             "last_raw_runs": meta.get("new_raw_runs", []),
             "last_written_by_run": meta.get("raw2gold_run_id"),
             "raw_runs_total": len(meta.get("raw_runs", [])),
@@ -112,6 +142,7 @@ def _publish_delta(
     run_id: str,
     df: DataFrame,
     metadata: dict[str, Any],
+    incremental: bool = False,
 ) -> tuple[str, str]:
     model = config.gold[table]
     relative = lake.gold_table(table)
@@ -121,7 +152,9 @@ def _publish_delta(
             meta = commit["metadata"]
             if isinstance(meta, dict) and meta.get("raw2gold_run_id") == run_id:
                 return "already_published", str(commit["version"])
-    if model.mode == "merge" and is_delta(lake, relative):
+    if incremental:
+        _replace_groups(spark, config, run_id, table, uri, df, metadata)
+    elif model.mode == "merge" and is_delta(lake, relative):
         view = f"__r2g_publish_{table}"
         df.createOrReplaceTempView(view)
         on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in model.keys)
@@ -147,6 +180,96 @@ def _publish_delta(
         with commit_metadata(spark, metadata):
             writer.save(uri)
     return "published", str(history(spark, uri)[0]["version"])
+
+
+def _partition_predicate(
+    spark: SparkSession, config: PipelineConfig, run_id: str, table: str
+) -> str | None:
+    """A replaceWhere predicate on partition columns naming the rebuilt groups, when the
+    groups are whole partitions (every `by` column is a partition column) and few enough."""
+    import datetime as dt
+
+    model = config.gold[table]
+    incremental = model.incremental
+    assert incremental is not None
+    if not set(incremental.by) <= set(model.partition_by):
+        return None
+    groups = read_affected(spark, config, run_id, table).limit(MAX_PARTITIONS + 1).collect()
+    if len(groups) > MAX_PARTITIONS:
+        return None
+    terms = []
+    for group in groups:
+        parts = []
+        for column, value in zip(incremental.by, group, strict=True):
+            if value is None:
+                parts.append(f"{quote(column)} IS NULL")
+            elif isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+                parts.append(f"{quote(column)} = DATE'{value.isoformat()}'")
+            elif isinstance(value, int | str) and not isinstance(value, bool):
+                parts.append(f"{quote(column)} = {sql_literal(value)}")
+            else:
+                return None  # other types: the MERGE below
+        terms.append("(" + " AND ".join(parts) + ")")
+    return " OR ".join(terms) if terms else "FALSE"
+
+
+def _replace_groups(
+    spark: SparkSession,
+    config: PipelineConfig,
+    run_id: str,
+    table: str,
+    uri: str,
+    staged: DataFrame,
+    metadata: dict[str, Any],
+) -> None:
+    """One MERGE commit: delete the gold rows of the rebuilt groups, insert their new rows.
+
+    When the groups are whole partitions: one overwrite with ``replaceWhere`` on them instead.
+    Otherwise the source holds one 'delete' row per group (matching every gold row of the
+    group; Delta allows many matches for an unconditional DELETE) and the staged rows as
+    'insert' rows, which never match. A group that became empty is thus removed too.
+    """
+    from pyspark.sql import functions as F
+
+    model = config.gold[table]
+    incremental = model.incremental
+    assert incremental is not None
+    predicate = _partition_predicate(spark, config, run_id, table)
+    if predicate is not None:
+        writer = (
+            staged.write.format("delta")
+            .mode("overwrite")
+            .option("replaceWhere", predicate)
+            .partitionBy(*model.partition_by)
+        )
+        with commit_metadata(spark, metadata):
+            writer.save(uri)
+        return
+    groups = [f"{AFFECTED_PREFIX}{i}" for i in range(len(incremental.by))]
+    deletes = read_affected(spark, config, run_id, table).select(
+        *groups,
+        *[F.lit(None).cast(f.dataType).alias(f.name) for f in staged.schema.fields],
+        F.lit("delete").alias("__r2g_op"),
+    )
+    inserts = staged.select(
+        *[F.col(quote(b)).alias(g) for b, g in zip(incremental.by, groups, strict=True)],
+        *[F.col(quote(c)) for c in staged.columns],
+        F.lit("insert").alias("__r2g_op"),
+    )
+    view = f"__r2g_publish_{table}"
+    deletes.unionByName(inserts).createOrReplaceTempView(view)
+    pairs = zip(incremental.by, groups, strict=True)
+    on = " AND ".join(f"t.{quote(b)} <=> s.{g}" for b, g in pairs)
+    names = [quote(c) for c in staged.columns]
+    with commit_metadata(spark, metadata):
+        spark.sql(
+            f"MERGE INTO {delta_ref(uri)} AS t USING {view} AS s "
+            f"ON s.__r2g_op = 'delete' AND {on} "
+            "WHEN MATCHED THEN DELETE "
+            f"WHEN NOT MATCHED AND s.__r2g_op = 'insert' THEN INSERT ({', '.join(names)}) "
+            f"VALUES ({', '.join('s.' + n for n in names)})"
+        )
+    spark.catalog.dropTempView(view)
 
 
 def _version_dirs(lake: Lake, table: str) -> list[str]:
@@ -224,11 +347,30 @@ def publish(
     base = lineage(spark, config, run_id)
     results = []
     for table in gold_order(config):
-        if not staged_exists(lake, run_id, table):
+        build = staged_build(lake, run_id, table)
+        if build is None:
             raise PublishError(f"gold {table} is not staged in run {run_id}: run transform first")
         started = time.monotonic()
+        model = config.gold[table]
+        if build["mode"] == "unchanged":
+            last = last_publish(lake, config, table) or {}
+            results.append(
+                PublishResult(
+                    table,
+                    model.format,
+                    model.mode,
+                    "unchanged",
+                    int(last.get("rows") or 0),
+                    str(last.get("raw2gold_run_id", "")),
+                    round(time.monotonic() - started, 3),
+                )
+            )
+            log.info("gold %s unchanged (%s)", table, build.get("reason"))
+            continue
+        incremental = build["mode"] == "incremental"
         df = read_staged(spark, config, run_id, table)
-        rows = df.count()
+        whole = prospective(spark, config, run_id, table) if incremental else df
+        rows = whole.count()
         metadata = {
             **base,
             "raw2gold_run_id": run_id,
@@ -236,12 +378,14 @@ def publish(
             "rows": rows,
             "checks": [c for c in check_summary if c["table"] == table],
             "published_at": utc_now(),
+            "build": {k: build.get(k) for k in BUILD_KEYS},
         }
-        model = config.gold[table]
         if model.format == "delta":
-            action, version = _publish_delta(spark, config, lake, table, run_id, df, metadata)
+            action, version = _publish_delta(
+                spark, config, lake, table, run_id, df, metadata, incremental
+            )
         else:
-            action, version = _publish_parquet(config, lake, table, run_id, df, metadata)
+            action, version = _publish_parquet(config, lake, table, run_id, whole, metadata)
         results.append(
             PublishResult(
                 table,

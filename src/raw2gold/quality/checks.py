@@ -12,10 +12,11 @@ import decimal
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeAlias
 
 from raw2gold.config.loader import REF_IN_SQL
 from raw2gold.config.models import CheckConfig
+from raw2gold.transform.delta import sql_literal
 
 if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
@@ -23,6 +24,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SAMPLE_SIZE = 5
+# The table's previous version, if any (row_count's max_change_percent compares with it).
+Previous: TypeAlias = "Callable[[], DataFrame | None] | None"
 
 
 class CheckFailed(RuntimeError):
@@ -64,16 +67,6 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
-def _sql_literal(value: Any) -> str:
-    if value is None:
-        return "NULL"
-    if isinstance(value, bool):
-        return "TRUE" if value else "FALSE"
-    if isinstance(value, int | float):
-        return repr(value)
-    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
-
-
 def offending_rows(
     spark: SparkSession,
     table: str,
@@ -96,7 +89,7 @@ def offending_rows(
             keyed = keyed.where(col.isNotNull())
         return keyed.groupBy(*cols).agg(F.count(F.lit(1)).alias("_count")).where("_count > 1")
     if check.type == "accepted_values":
-        values = ", ".join(_sql_literal(v) for v in check.values)
+        values = ", ".join(sql_literal(v) for v in check.values)
         return df.where(cols[0].isNotNull() & ~F.expr(f"`{check.columns[0]}` IN ({values})"))
     if check.type == "relationships":
         assert check.to is not None
@@ -122,32 +115,81 @@ def offending_rows(
     return None
 
 
+def _row_count(table: str, df: DataFrame, check: CheckConfig, previous: Previous) -> CheckResult:
+    count = df.count()
+    low = check.min if check.min is not None else 0
+    high = check.max
+    passed = count >= low and (high is None or count <= high)
+    bounds = f"[{low}, {'inf' if high is None else high}]"
+    message = f"row count {count} {'within' if passed else 'outside'} {bounds}"
+    sample: dict[str, Any] = {"row_count": count}
+    if check.max_change_percent is not None:
+        before_df = previous() if previous else None
+        if before_df is None:
+            message += "; no previous version to compare"
+        else:
+            before = before_df.count()
+            change = abs(count - before) * 100.0 / before if before else (100.0 if count else 0.0)
+            within = change <= check.max_change_percent
+            passed = passed and within
+            sample.update(previous_row_count=before, change_percent=round(change, 2))
+            message += (
+                f"; {change:.1f}% change vs previous {before} rows "
+                f"({'within' if within else 'over'} {check.max_change_percent:g}%)"
+            )
+    return CheckResult(
+        table,
+        check.label,
+        check.type,
+        check.severity,
+        passed,
+        0 if passed else count,
+        [] if passed else [sample],
+        message,
+    )
+
+
+def _freshness(table: str, df: DataFrame, check: CheckConfig) -> CheckResult:
+    """The newest value of the column must be at most max_age_hours old."""
+    from pyspark.sql import functions as F
+
+    assert check.max_age_hours is not None
+    column = check.columns[0]
+    row = df.agg(
+        F.max(F.col(f"`{column}`")).alias("newest"),
+        F.max(F.col(f"`{column}`").cast("timestamp").cast("double")).alias("epoch"),
+    ).collect()[0]
+    limit = check.max_age_hours
+    if row["epoch"] is None:
+        passed, message, sample = False, f"no {column} value: the table is empty", []
+    else:
+        age = (dt.datetime.now(dt.UTC).timestamp() - float(row["epoch"])) / 3600
+        passed = age <= limit
+        message = f"newest {column} is {age:.1f} h old (max {limit:g} h)"
+        sample = [] if passed else [{column: _json_safe(row["newest"]), "age_hours": round(age, 2)}]
+    return CheckResult(
+        table, check.label, check.type, check.severity, passed, 0 if passed else 1, sample, message
+    )
+
+
 def run_check(
     spark: SparkSession,
     table: str,
     df: DataFrame,
     check: CheckConfig,
     ref: Callable[[str], DataFrame],
+    previous: Previous = None,
 ) -> CheckResult:
-    """Run one check; a check that cannot run (bad SQL, unknown column) fails with a message."""
+    """Run one check; a check that cannot run (bad SQL, unknown column) fails with a message.
+
+    ``previous`` gives the table's previous version (row_count's max_change_percent).
+    """
     label = check.label
     try:
         if check.type == "row_count":
-            count = df.count()
-            low = check.min if check.min is not None else 0
-            high = check.max
-            passed = count >= low and (high is None or count <= high)
-            bounds = f"[{low}, {'inf' if high is None else high}]"
-            return CheckResult(
-                table,
-                label,
-                check.type,
-                check.severity,
-                passed,
-                0 if passed else count,
-                [] if passed else [{"row_count": count}],
-                f"row count {count} {'within' if passed else 'outside'} {bounds}",
-            )
+            return _row_count(table, df, check, previous)
+        if check.type == "freshness":
+            return _freshness(table, df, check)
         bad = offending_rows(spark, table, df, check, ref)
         assert bad is not None
         failing = bad.count()
@@ -181,9 +223,10 @@ def run_checks(
     df: DataFrame,
     checks: list[CheckConfig],
     ref: Callable[[str], DataFrame],
+    previous: Previous = None,
 ) -> list[CheckResult]:
     """Run a table's checks; log every failure with its sample."""
-    results = [run_check(spark, table, df, check, ref) for check in checks]
+    results = [run_check(spark, table, df, check, ref, previous) for check in checks]
     for result in results:
         if not result.passed:
             level = logging.ERROR if result.severity == "error" else logging.WARNING

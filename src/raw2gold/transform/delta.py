@@ -20,6 +20,17 @@ def quote(name: str) -> str:
     return "`" + name.replace("`", "``") + "`"
 
 
+def sql_literal(value: Any) -> str:
+    """A Spark SQL literal for a Python scalar (None, bool, int, float or text)."""
+    if value is None:
+        return "NULL"
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, int | float):
+        return repr(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
 def delta_ref(uri: str) -> str:
     """The SQL reference of a path-based Delta table."""
     return f"delta.`{uri}`"
@@ -28,6 +39,54 @@ def delta_ref(uri: str) -> str:
 def is_delta(lake: Lake, relative: str) -> bool:
     """Whether a Delta table exists at a lake-relative path (has a _delta_log with commits)."""
     return bool(lake.list_files(f"{relative}/_delta_log", ".json"))
+
+
+def log_version(lake: Lake, relative: str) -> int:
+    """The newest version of a Delta table from its log listing (-1 when there is none)."""
+    versions = [
+        int(name.rsplit("/", 1)[-1].split(".")[0])
+        for name in lake.list_files(f"{relative}/_delta_log", ".json")
+        if name.rsplit("/", 1)[-1].split(".")[0].isdigit()
+    ]
+    return max(versions, default=-1)
+
+
+def log_commit(lake: Lake, relative: str, version: int) -> dict[str, Any] | None:
+    """The commitInfo of one Delta version, read from its log file without Spark.
+
+    ``userMetadata`` is parsed into ``metadata`` when it is JSON. None when the file is gone
+    (log cleanup) or holds no commitInfo.
+    """
+    path = f"{relative}/_delta_log/{version:020d}.json"
+    if not lake.exists(path):
+        return None
+    with lake.fs.open_input_stream(lake.path(path)) as stream:
+        text = stream.read().decode("utf-8")
+    for line in text.splitlines():
+        action = json.loads(line) if line.strip() else {}
+        info = action.get("commitInfo")
+        if info is not None:
+            try:
+                info["metadata"] = json.loads(info.get("userMetadata") or "")
+            except ValueError:
+                info["metadata"] = None
+            return dict(info)
+    return None
+
+
+def newest_metadata(
+    lake: Lake, relative: str, key: str, look_back: int = 50
+) -> tuple[int, dict[str, Any]] | None:
+    """The newest commit whose JSON userMetadata has ``key``: (version, metadata), or None.
+
+    Walks back at most ``look_back`` commits from the newest, reading log files without Spark.
+    """
+    newest = log_version(lake, relative)
+    for version in range(newest, max(newest - look_back, -1), -1):
+        metadata = (log_commit(lake, relative, version) or {}).get("metadata")
+        if isinstance(metadata, dict) and key in metadata:
+            return version, metadata
+    return None
 
 
 def history(spark: SparkSession, uri: str) -> list[dict[str, Any]]:

@@ -8,27 +8,29 @@ staged output of the same run.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import re
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from raw2gold.config.loader import REF_IN_SQL, gold_order
+from raw2gold.config.loader import REF_IN_SQL, gold_order, model_refs
 from raw2gold.config.models import PipelineConfig
 from raw2gold.lake.layout import Lake
-from raw2gold.transform.delta import is_delta
+from raw2gold.transform.delta import is_delta, log_commit, log_version, quote
 from raw2gold.transform.processed import read_processed
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
 Ref = Callable[[str], "DataFrame"]
+AFFECTED_PREFIX = "__r2g_by_"
 
 
 class GoldError(RuntimeError):
@@ -37,32 +39,111 @@ class GoldError(RuntimeError):
 
 @dataclass
 class GoldResult:
-    """What one gold table did in this run."""
+    """What one gold table did in this run (``rows``: rows staged by this build)."""
 
     table: str
     rows: int
     staging: str
     duration_seconds: float
+    build: str = "full"  # full | incremental | unchanged
+    reason: str = ""
+    groups: int = -1  # incremental: how many groups (`by` values) were recomputed
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
 
 
+@dataclass
+class BuildPlan:
+    """How the gold stage builds one table, and what it read (recorded at publish)."""
+
+    table: str
+    mode: str  # full | incremental | unchanged
+    reason: str
+    inputs: dict[str, str]  # each referenced table -> its version when the model was built
+    model_hash: str
+    since: dict[str, str] = field(default_factory=dict)  # versions at the last publish
+    changed: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def staged_build(lake: Lake, run_id: str, table: str) -> dict[str, Any] | None:
+    """The build record the gold stage wrote for a table in a run (None: not built)."""
+    relative = lake.staging_build(run_id, table)
+    if not lake.exists(relative):
+        return None
+    record: dict[str, Any] = lake.read_json(relative)
+    return record
+
+
 def staged_exists(lake: Lake, run_id: str, table: str) -> bool:
-    return bool(lake.list_files(lake.staging_gold(run_id, table), ".parquet"))
+    return staged_build(lake, run_id, table) is not None
 
 
 def read_staged(spark: SparkSession, config: PipelineConfig, run_id: str, table: str) -> DataFrame:
+    """The rows this run's build of a table wrote to staging (incremental: the changed groups)."""
     lake = Lake(config.lake)
     return spark.read.parquet(lake.spark_uri(lake.staging_gold(run_id, table)))
+
+
+def _by_match(expressions: list[str]) -> Column:
+    """Null-safe equality of `expressions` (over a table's rows) with the affected groups."""
+    from pyspark.sql import functions as F
+
+    condition = None
+    for index, expression in enumerate(expressions):
+        term = F.expr(expression).eqNullSafe(F.col(f"{AFFECTED_PREFIX}{index}"))
+        condition = term if condition is None else condition & term
+    assert condition is not None
+    return condition
+
+
+def read_affected(
+    spark: SparkSession, config: PipelineConfig, run_id: str, table: str
+) -> DataFrame:
+    """The groups an incremental build recomputed: columns ``__r2g_by_0..n``."""
+    lake = Lake(config.lake)
+    return spark.read.parquet(lake.spark_uri(lake.staging_affected(run_id, table)))
+
+
+def prospective(spark: SparkSession, config: PipelineConfig, run_id: str, table: str) -> DataFrame:
+    """The gold table as publishing this run would leave it; what checks and later models read.
+
+    full: the staged rows; unchanged: the published table; incremental: the published rows of
+    the groups not rebuilt, plus the staged rows of the rebuilt ones.
+    """
+    from pyspark.sql import functions as F
+
+    from raw2gold.publish.publisher import read_gold
+
+    lake = Lake(config.lake)
+    build = staged_build(lake, run_id, table)
+    if build is None:
+        raise GoldError(f"gold {table} is not staged in run {run_id}: run the gold stage first")
+    if build["mode"] == "unchanged":
+        return read_gold(spark, config, table)
+    staged = read_staged(spark, config, run_id, table)
+    if build["mode"] == "full":
+        return staged
+    incremental = config.gold[table].incremental
+    assert incremental is not None
+    published = read_gold(spark, config, table)
+    kept = published.join(
+        F.broadcast(read_affected(spark, config, run_id, table)),
+        _by_match([quote(b) for b in incremental.by]),
+        "left_anti",
+    )
+    return kept.unionByName(staged.select(*published.columns))
 
 
 def make_ref(
     spark: SparkSession, config: PipelineConfig, run_id: str, published_fallback: bool = True
 ) -> Ref:
-    """ref(name): processed tables through Delta, gold tables from this run's staging.
+    """ref(name): processed tables through Delta, gold tables as this run leaves them.
 
-    A gold table not staged in this run falls back to its published version.
+    A gold table not built in this run falls back to its published version.
     """
     lake = Lake(config.lake)
     cache: dict[str, DataFrame] = {}
@@ -75,7 +156,7 @@ def make_ref(
             df = read_processed(spark, config, name)
         elif kind == "gold":
             if staged_exists(lake, run_id, name):
-                df = read_staged(spark, config, run_id, name)
+                df = prospective(spark, config, run_id, name)
             elif published_fallback:
                 from raw2gold.publish.publisher import read_gold
 
@@ -131,29 +212,204 @@ def model_dataframe(spark: SparkSession, config: PipelineConfig, table: str, ref
     return result
 
 
+def model_hash(config: PipelineConfig, table: str) -> str:
+    """A fingerprint of a gold model: its config and the text of its SQL or Python file."""
+    model = config.gold[table]
+    digest = hashlib.sha256(model.model_dump_json().encode())
+    body = model.sql or (model.python or "").split(":")[0]
+    path = config.base_dir / body
+    if path.is_file():
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def _merges_only(lake: Lake, table: str, since: str, now: str) -> bool:
+    """Whether every commit of processed `table` after version `since` up to `now` is a MERGE."""
+    if not (since.isdigit() and now.isdigit()) or int(since) > int(now):
+        return False
+    for version in range(int(since) + 1, int(now) + 1):
+        commit = log_commit(lake, lake.processed_table(table), version)
+        if commit is None or commit.get("operation") != "MERGE":
+            return False
+    return True
+
+
+def plan_build(
+    config: PipelineConfig,
+    table: str,
+    run_id: str,
+    full_refresh: bool,
+    plans: dict[str, BuildPlan],
+) -> BuildPlan:
+    """Decide how to build a gold table: unchanged, incremental (changed groups) or full.
+
+    The versions of the tables it reads are compared with the ones recorded at its last
+    publish; processed tables by Delta version, gold tables by the run that last published them.
+    """
+    from raw2gold.publish.publisher import last_publish
+
+    lake = Lake(config.lake)
+    model = config.gold[table]
+    refs = model_refs(config, table)
+    inputs: dict[str, str] = {}
+    for name in refs:
+        if name in config.processed:
+            inputs[name] = str(log_version(lake, lake.processed_table(name)))
+        elif name in plans and plans[name].mode != "unchanged":
+            inputs[name] = f"run:{run_id}"
+        else:
+            upstream = last_publish(lake, config, name)
+            inputs[name] = f"run:{upstream['raw2gold_run_id']}" if upstream else "none"
+    plan = BuildPlan(table, "full", "", inputs, model_hash(config, table))
+    last = last_publish(lake, config, table)
+    build = (last or {}).get("build") or {}
+    if full_refresh:
+        plan.reason = "full refresh requested"
+    elif not build:
+        plan.reason = "first build"
+    elif build.get("model_hash") != plan.model_hash:
+        plan.reason = "the model or its config changed"
+    else:
+        plan.since = dict(build.get("inputs") or {})
+        plan.changed = [n for n in refs if plan.since.get(n) != inputs[n]]
+        listed = set(model.incremental.inputs) if model.incremental else set()
+        others = [n for n in plan.changed if n not in listed]
+        rewritten = [n for n in plan.changed if not _merges_only(lake, n, plan.since[n], inputs[n])]
+        if not plan.changed:
+            plan.mode = "unchanged"
+            plan.reason = f"inputs unchanged since run {last['raw2gold_run_id'] if last else '?'}"
+        elif others:
+            plan.reason = f"changed: {', '.join(others)}" + (
+                " (not incremental inputs)" if model.incremental else ""
+            )
+        elif rewritten:
+            plan.reason = f"processed {', '.join(rewritten)} rewritten, not merged"
+        else:
+            plan.mode = "incremental"
+            plan.reason = f"changed: {', '.join(plan.changed)}"
+    return plan
+
+
+def _write_affected(
+    spark: SparkSession, config: PipelineConfig, run_id: str, plan: BuildPlan
+) -> int:
+    """Write the groups that the changed input rows touch (old and new images); their count."""
+    lake = Lake(config.lake)
+    incremental = config.gold[plan.table].incremental
+    assert incremental is not None
+    groups = None
+    for name in plan.changed:
+        changes = (
+            spark.read.format("delta")
+            .option("readChangeFeed", "true")
+            .option("startingVersion", int(plan.since[name]) + 1)
+            .option("endingVersion", int(plan.inputs[name]))
+            .load(lake.spark_uri(lake.processed_table(name)))
+        )
+        keys = changes.selectExpr(
+            *[
+                f"{expression} AS {AFFECTED_PREFIX}{index}"
+                for index, expression in enumerate(incremental.expressions(name))
+            ]
+        )
+        groups = keys if groups is None else groups.unionByName(keys)
+    assert groups is not None
+    relative = lake.staging_affected(run_id, plan.table)
+    groups.distinct().write.mode("overwrite").parquet(lake.spark_uri(relative))
+    return read_affected(spark, config, run_id, plan.table).count()
+
+
+def _group_filtered(
+    spark: SparkSession, config: PipelineConfig, run_id: str, table: str, ref: Ref
+) -> Ref:
+    """ref() for an incremental build: each listed input keeps only the rows of the groups."""
+    from pyspark.sql import functions as F
+
+    incremental = config.gold[table].incremental
+    assert incremental is not None
+    affected = F.broadcast(read_affected(spark, config, run_id, table))
+
+    def filtered(name: str) -> DataFrame:
+        df = ref(name)
+        if name not in incremental.inputs:
+            return df
+        return df.join(affected, _by_match(incremental.expressions(name)), "left_semi")
+
+    return filtered
+
+
+def _write_staged(
+    spark: SparkSession, config: PipelineConfig, run_id: str, table: str, ref: Ref
+) -> None:
+    lake = Lake(config.lake)
+    try:
+        df = model_dataframe(spark, config, table, ref)
+        df.write.mode("overwrite").parquet(lake.spark_uri(lake.staging_gold(run_id, table)))
+    except GoldError:
+        raise
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise GoldError(f"gold {table} failed: {first}") from exc
+
+
 def build_gold(
-    spark: SparkSession, config: PipelineConfig, run_id: str, tables: list[str] | None = None
+    spark: SparkSession,
+    config: PipelineConfig,
+    run_id: str,
+    tables: list[str] | None = None,
+    full_refresh: bool = False,
 ) -> list[GoldResult]:
-    """Build gold tables in dependency order into this run's staging area."""
+    """Build gold tables in dependency order into this run's staging area.
+
+    A model whose inputs and definition did not change since its last publish is not rebuilt
+    (``unchanged``); an ``incremental`` model whose only changes are MERGEs into its listed
+    inputs rebuilds the changed groups; anything else is rebuilt in full.
+    """
     lake = Lake(config.lake)
     ref = make_ref(spark, config, run_id)
+    plans: dict[str, BuildPlan] = {}
     results = []
     for table in gold_order(config):
         if tables is not None and table not in tables:
             continue
         started = time.monotonic()
-        try:
-            df = model_dataframe(spark, config, table, ref)
-            staging = lake.staging_gold(run_id, table)
-            df.write.mode("overwrite").parquet(lake.spark_uri(staging))
-        except GoldError:
-            raise
-        except Exception as exc:
-            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise GoldError(f"gold {table} failed: {first}") from exc
-        rows = read_staged(spark, config, run_id, table).count()
-        results.append(GoldResult(table, rows, staging, round(time.monotonic() - started, 3)))
-        log.info("gold %s staged: %d rows", table, rows)
+        plan = plan_build(config, table, run_id, full_refresh, plans)
+        plans[table] = plan
+        lake.delete_file(lake.staging_build(run_id, table))
+        staging = lake.staging_gold(run_id, table)
+        groups = -1
+        if plan.mode == "incremental":
+            try:
+                groups = _write_affected(spark, config, run_id, plan)
+            except Exception as exc:  # e.g. no change data feed for these versions
+                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+                log.warning("gold %s: rebuilding in full, no usable change feed: %s", table, first)
+                plan.mode, plan.reason = "full", f"no usable change feed ({first[:120]})"
+            else:
+                if groups == 0:
+                    plan.mode, plan.reason = "unchanged", "inputs changed no rows"
+        rows = 0
+        if plan.mode == "unchanged":
+            lake.delete_dir(staging)
+        else:
+            model_ref = ref
+            if plan.mode == "incremental":
+                model_ref = _group_filtered(spark, config, run_id, table, ref)
+            _write_staged(spark, config, run_id, table, model_ref)
+            rows = read_staged(spark, config, run_id, table).count()
+        lake.write_json(lake.staging_build(run_id, table), {**plan.as_dict(), "groups": groups})
+        results.append(
+            GoldResult(
+                table,
+                rows,
+                staging,
+                round(time.monotonic() - started, 3),
+                plan.mode,
+                plan.reason,
+                groups,
+            )
+        )
+        log.info("gold %s: %s build (%s), %d rows staged", table, plan.mode, plan.reason, rows)
     return results
 
 

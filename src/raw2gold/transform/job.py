@@ -27,11 +27,11 @@ from raw2gold.config.models import PipelineConfig
 from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.process_exit import exit_now
 from raw2gold.quality.checks import CheckFailed, CheckResult, enforce, failure_message, run_checks
-from raw2gold.transform.gold import build_gold, make_ref, read_staged, staged_exists
+from raw2gold.transform.gold import build_gold, make_ref, prospective, staged_exists
 from raw2gold.transform.processed import build_processed, read_processed
 
 if TYPE_CHECKING:
-    from pyspark.sql import SparkSession
+    from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger("raw2gold.transform.job")
 
@@ -53,20 +53,38 @@ class StageError(RuntimeError):
 
 
 def _processed_checks(
-    spark: SparkSession, config: PipelineConfig, run_id: str, tables: list[str]
+    spark: SparkSession,
+    config: PipelineConfig,
+    run_id: str,
+    tables: list[str],
+    before: dict[str, int],
 ) -> list[CheckResult]:
+    """Checks of processed tables; `before`: each table's Delta version before this run."""
+    lake = Lake(config.lake)
     ref = make_ref(spark, config, run_id)
     results: list[CheckResult] = []
     for table in tables:
         model = config.processed[table]
-        if model.checks:
-            results += run_checks(
-                spark, table, read_processed(spark, config, table), model.checks, ref
-            )
+        if not model.checks:
+            continue
+        version = before.get(table, -1)
+        uri = lake.spark_uri(lake.processed_table(table))
+
+        def previous(uri: str = uri, version: int = version) -> DataFrame | None:
+            if version < 0:
+                return None
+            return spark.read.format("delta").option("versionAsOf", version).load(uri)
+
+        df = read_processed(spark, config, table)
+        results += run_checks(spark, table, df, model.checks, ref, previous)
     return results
 
 
 def _gold_checks(spark: SparkSession, config: PipelineConfig, run_id: str) -> list[CheckResult]:
+    """Checks of gold as publishing this run would leave it; previous = the published table."""
+    from raw2gold.publish.publisher import read_gold
+    from raw2gold.transform.gold import gold_exists
+
     lake = Lake(config.lake)
     ref = make_ref(spark, config, run_id)
     results: list[CheckResult] = []
@@ -74,8 +92,15 @@ def _gold_checks(spark: SparkSession, config: PipelineConfig, run_id: str) -> li
         if not staged_exists(lake, run_id, table):
             raise RuntimeError(f"gold {table} is not staged in run {run_id}: run transform first")
         if model.checks:
-            df = read_staged(spark, config, run_id, table)
-            results += run_checks(spark, table, df, model.checks, ref)
+
+            def previous(table: str = table) -> DataFrame | None:
+                return read_gold(spark, config, table) if gold_exists(lake, config, table) else None
+
+            df = prospective(spark, config, run_id, table).cache()
+            try:
+                results += run_checks(spark, table, df, model.checks, ref, previous)
+            finally:
+                df.unpersist()
     return results
 
 
@@ -92,12 +117,13 @@ def _execute(
         for p in processed:
             summary["processed"][p.table] = p.as_dict()
         existing = [t for t in config.processed if read_exists(config, t)]
+        before = {p.table: p.previous_version for p in processed}
         summary["checks"] = [
-            c.as_dict() for c in _processed_checks(spark, config, run_id, existing)
+            c.as_dict() for c in _processed_checks(spark, config, run_id, existing, before)
         ]
         enforce([CheckResult(**c) for c in summary["checks"]])
     if stage in ("transform", "gold"):
-        for g in build_gold(spark, config, run_id):
+        for g in build_gold(spark, config, run_id, full_refresh=full_refresh):
             summary["gold"][g.table] = {**g.as_dict(), "format": config.gold[g.table].format}
     elif stage == "check":
         results = _gold_checks(spark, config, run_id)

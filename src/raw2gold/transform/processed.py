@@ -28,6 +28,9 @@ rows keep their stored value, new rows get NULL. ``drop`` keeps only declared co
 raw is always an error. An overwrite (full refresh, snapshot streams) rebuilds the table with
 the columns its raw runs have now.
 
+Processed tables have Delta's change data feed on: an ``incremental`` gold model reads the rows
+its inputs changed since its last publish (old and new images) to find the groups to rebuild.
+
 Processed tables keep two metadata columns: ``_raw2gold_run_id`` (the raw run the row came from)
 and ``_airbyte_extracted_at`` (when the connector read it).
 """
@@ -42,7 +45,16 @@ from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.models import PipelineConfig, ProcessedModel
 from raw2gold.lake.layout import Lake, utc_now
-from raw2gold.transform.delta import commit_metadata, delta_ref, history, is_delta, quote
+from raw2gold.transform.delta import (
+    commit_metadata,
+    delta_ref,
+    is_delta,
+    log_commit,
+    log_version,
+    newest_metadata,
+    quote,
+    sql_literal,
+)
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, SparkSession
@@ -50,6 +62,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 META_COLUMNS = ["_raw2gold_run_id", "_airbyte_extracted_at"]
+# Processed tables record row-level changes, so incremental gold models read only what changed.
+CHANGE_FEED = "delta.enableChangeDataFeed"
 COMPLEX = re.compile(r"^(array|map|struct)<", re.IGNORECASE)
 
 
@@ -72,19 +86,17 @@ class ProcessedResult:
     columns_added: list[str] = field(default_factory=list)
     rows: int = 0  # rows in the table after this run
     delta_version: int = -1
+    previous_version: int = -1  # the Delta version before this run (-1: the table was new)
     duration_seconds: float = 0.0
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "quarantined": self.rows_quarantined}
 
 
-def processed_raw_runs(spark: SparkSession, uri: str) -> set[str]:
+def processed_raw_runs(lake: Lake, relative: str) -> set[str]:
     """Raw run ids already applied to a processed table (from its newest raw2gold commit)."""
-    for commit in history(spark, uri):
-        metadata = commit["metadata"]
-        if isinstance(metadata, dict) and "raw_runs" in metadata:
-            return set(metadata["raw_runs"])
-    return set()
+    found = newest_metadata(lake, relative, "raw_runs")
+    return set(found[1]["raw_runs"]) if found else set()
 
 
 def _cast(column: str, spark_type: str, source_type: str) -> str:
@@ -224,6 +236,30 @@ def _read_raw(spark: SparkSession, lake: Lake, stream: str, manifests: list[dict
     return spark.read.option("mergeSchema", "true").parquet(*files)
 
 
+def key_bounds(incoming: DataFrame, keys: list[str]) -> list[str]:
+    """Target-only range predicates on integer and string keys: ``t.k BETWEEN min AND max``.
+
+    Every incoming key lies in its range, so the MERGE matches the same rows; Delta uses the
+    predicates to skip target files whose key statistics lie outside (e.g. new, growing ids).
+    """
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import IntegralType, StringType
+
+    types = {f.name: f.dataType for f in incoming.schema.fields}
+    usable = [k for k in keys if isinstance(types.get(k), IntegralType | StringType)]
+    if not usable:
+        return []
+    aggregates = [f(F.col(quote(k))) for k in usable for f in (F.min, F.max)]
+    row = incoming.agg(*aggregates).collect()[0]
+    bounds = []
+    for index, key in enumerate(usable):
+        low, high = row[2 * index], row[2 * index + 1]
+        if low is None or high is None:
+            continue
+        bounds.append(f"t.{quote(key)} BETWEEN {sql_literal(low)} AND {sql_literal(high)}")
+    return bounds
+
+
 def _merge_condition(model: ProcessedModel) -> str:
     if model.cursor:
         c = quote(model.cursor)
@@ -249,7 +285,7 @@ def process_table(
     relative = lake.processed_table(table)
     uri = lake.spark_uri(relative)
     exists = is_delta(lake, relative)
-    done = processed_raw_runs(spark, uri) if exists and not full_refresh else set()
+    done = processed_raw_runs(lake, relative) if exists and not full_refresh else set()
 
     runs = [m for m in lake.committed_raw_runs(source_name) if stream_name in m.get("streams", {})]
     all_ids = sorted(m["run_id"] for m in runs)
@@ -261,13 +297,14 @@ def process_table(
         pending = [m for m in runs if m["run_id"] not in done]
         overwrite = full_refresh or not exists
     result = ProcessedResult(table, "unchanged", raw_runs=[m["run_id"] for m in pending])
+    result.previous_version = log_version(lake, relative) if exists else -1
     raw = _read_raw(spark, lake, stream_name, pending) if pending else None
     if raw is None:
         if pending:
             log.warning("processed %s: raw runs %s hold no files", table, result.raw_runs)
         if exists:
             result.rows = spark.read.format("delta").load(uri).count()
-            result.delta_version = int(history(spark, uri)[0]["version"])
+            result.delta_version = log_version(lake, relative)
         result.duration_seconds = round(time.monotonic() - started, 3)
         return result
 
@@ -295,7 +332,10 @@ def process_table(
         if overwrite:
             result.mode = "overwrite"
             writer = (
-                latest.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+                latest.write.format("delta")
+                .mode("overwrite")
+                .option("overwriteSchema", "true")
+                .option(CHANGE_FEED, "true")
             )
             if model.partition_by:
                 writer = writer.partitionBy(*model.partition_by)
@@ -306,7 +346,10 @@ def process_table(
             result.columns_added = _add_new_columns(spark, uri, latest, table)
             view = f"__r2g_incoming_{table}"
             latest.createOrReplaceTempView(view)
-            on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in model.primary_key)
+            on = " AND ".join(
+                [f"t.{quote(k)} = s.{quote(k)}" for k in model.primary_key]
+                + key_bounds(good, model.primary_key)
+            )
             names = [quote(c) for c in latest.columns]
             updates = ", ".join(f"t.{n} = s.{n}" for n in names)
             values = ", ".join(f"s.{n}" for n in names)
@@ -325,10 +368,10 @@ def process_table(
             result.rows_written = result.rows_updated + result.rows_inserted
     finally:
         typed.unpersist()
-    commits = history(spark, uri)
-    result.delta_version = int(commits[0]["version"]) if commits else -1
-    if result.mode == "overwrite" and commits:
-        written = int(commits[0]["metrics"].get("numOutputRows", 0))
+    result.delta_version = log_version(lake, relative)
+    if result.mode == "overwrite":
+        commit = log_commit(lake, relative, result.delta_version) or {}
+        written = int((commit.get("operationMetrics") or {}).get("numOutputRows", 0))
         result.rows_written = result.rows_inserted = written
     result.rows = spark.read.format("delta").load(uri).count()
     result.duration_seconds = round(time.monotonic() - started, 3)

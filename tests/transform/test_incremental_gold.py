@@ -1,0 +1,207 @@
+"""Incremental gold: only the groups that changed processed rows touch are rebuilt and replaced.
+
+The shop's daily_category_revenue (Delta, by purchase_date) and customer_lifetime_value
+(Parquet, by user_id) are incremental; top_products is not. After every run the published gold
+must equal the independent computation over all raw runs, whatever the build did.
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+from raw2gold.config.loader import load_pipeline
+from raw2gold.lake.layout import Lake
+from raw2gold.publish.publisher import current_pointer
+from raw2gold.transform.delta import log_version
+from raw2gold.transform.gold import plan_build
+from raw2gold.transform.job import STAGES, run_stage
+from tests.publish.digest import tree_digest
+from tests.transform.rawdata import categories, shop_records, ts, write_raw_run
+from tests.transform.reference import assert_gold_matches_reference, parse_ts
+
+T0 = datetime(2026, 1, 8, 6, tzinfo=UTC)
+DAILY, CLV, TOP = "daily_category_revenue", "customer_lifetime_value", "top_products"
+
+
+def run_all(shop: Any, spark: Any, run_id: str, full_refresh: bool = False) -> dict[str, Any]:
+    """transform, check and publish of one run; the summaries by stage."""
+    return {
+        stage: run_stage(shop.config, stage, run_id, full_refresh, spark=spark) for stage in STAGES
+    }
+
+
+def builds(summaries: dict[str, Any]) -> dict[str, tuple[str, str, int]]:
+    gold = summaries["transform"]["gold"]
+    return {t: (g["build"], g["reason"], g["groups"]) for t, g in gold.items()}
+
+
+def purchase(i: int, user: int, product: int, day: int, returned: bool = False) -> dict[str, Any]:
+    return {
+        "id": i,
+        "user_id": user,
+        "product_id": product,
+        "created_at": ts(day, i),
+        "updated_at": ts(day, i + 60),
+        "added_to_cart_at": ts(day, i),
+        "purchased_at": ts(day, i + 30),
+        "returned_at": ts(day + 1, i) if returned else None,
+    }
+
+
+def day_of(row: dict[str, Any]) -> date:
+    stamp = parse_ts(row["purchased_at"])
+    assert stamp is not None
+    return stamp.date()
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory, spark: Any, shop_pipeline: Path) -> Any:
+    lake_dir = tmp_path_factory.mktemp("incremental") / "lake"
+    config = load_pipeline(shop_pipeline, str(lake_dir))
+    lake = Lake(config.lake)
+    records = shop_records()
+    write_raw_run(lake, "faker", "r1", records, T0)
+    write_raw_run(lake, "catalog_csv", "c1", {"make_categories": categories()}, T0)
+    shop = SimpleNamespace(config=config, lake=lake, records=records)
+    shop.first = run_all(shop, spark, "run1")
+    return shop
+
+
+def test_first_build_is_full(shop: Any) -> None:
+    assert builds(shop.first) == {
+        DAILY: ("full", "first build", -1),
+        CLV: ("full", "first build", -1),
+        TOP: ("full", "first build", -1),
+    }
+    assert_gold_matches_reference(shop.config)
+
+
+def test_changed_purchases_rebuild_only_their_days_and_customers(shop: Any, spark: Any) -> None:
+    completed = [p for p in shop.records["purchases"] if p["purchased_at"] and not p["returned_at"]]
+    moved, returned = completed[0], completed[1]
+    later = ts(8, 1)
+    changes = [
+        purchase(201, 3, 1, 9),
+        purchase(202, 4, 2, 9),
+        {**moved, "purchased_at": ts(9, 500), "updated_at": later},  # to another day
+        {**returned, "returned_at": ts(8, 2), "updated_at": later},  # no longer revenue
+    ]
+    user5 = next(u for u in shop.records["users"] if u["id"] == 5)
+    users = [{**user5, "email": "five@example.com", "updated_at": later}]
+    write_raw_run(
+        shop.lake, "faker", "r2", {"purchases": changes, "users": users}, T0 + timedelta(days=1)
+    )
+    summaries = run_all(shop, spark, "run2")
+
+    days = {date(2026, 1, 10), day_of(moved), day_of(returned)}
+    customers = {3, 4, 5, moved["user_id"], returned["user_id"]}
+    assert builds(summaries) == {
+        DAILY: ("incremental", "changed: purchases", len(days)),
+        CLV: ("incremental", "changed: purchases, users", len(customers)),
+        TOP: ("full", "changed: purchases", -1),
+    }
+    assert_gold_matches_reference(shop.config)
+    # The Delta commit rewrote only the rebuilt days' partitions.
+    assert _partitions_written(shop.lake, DAILY) <= {d.isoformat() for d in days}
+    assert summaries["publish"]["gold"][DAILY]["action"] == "published"
+    # row_count checks compare with the version before the run (processed) / published (gold)
+    counts = {
+        (c["table"], c["message"].split("; ")[-1])
+        for stage in ("transform", "check")
+        for c in summaries[stage]["checks"]
+        if c["type"] == "row_count" and c["table"] in ("users", CLV)
+    }
+    assert counts == {
+        ("users", "0.0% change vs previous 30 rows (within 50%)"),
+        (CLV, "0.0% change vs previous 30 rows (within 50%)"),
+    }
+
+
+def test_a_group_that_empties_is_removed(shop: Any, spark: Any) -> None:
+    write_raw_run(
+        shop.lake, "faker", "r3", {"purchases": [purchase(301, 7, 3, 12)]}, T0 + timedelta(days=2)
+    )
+    run_all(shop, spark, "run3")
+    assert_gold_matches_reference(shop.config)
+    assert date(2026, 1, 13) in _gold_days(shop)
+
+    returned = {**purchase(301, 7, 3, 12, returned=True), "updated_at": ts(13, 5)}
+    write_raw_run(shop.lake, "faker", "r4", {"purchases": [returned]}, T0 + timedelta(days=3))
+    summaries = run_all(shop, spark, "run4")
+    assert builds(summaries)[DAILY] == ("incremental", "changed: purchases", 1)
+    assert date(2026, 1, 13) not in _gold_days(shop)
+    assert_gold_matches_reference(shop.config)
+
+
+def test_unchanged_inputs_publish_nothing(shop: Any, spark: Any) -> None:
+    before = _gold_state(shop)
+    summaries = run_all(shop, spark, "run5")
+    assert {t: b[0] for t, b in builds(summaries).items()} == dict.fromkeys(
+        (DAILY, CLV, TOP), "unchanged"
+    )
+    assert {g["action"] for g in summaries["publish"]["gold"].values()} == {"unchanged"}
+    assert all(c["passed"] for c in summaries["check"]["checks"])  # checks still run
+    assert _gold_state(shop) == before
+    assert_gold_matches_reference(shop.config)
+
+
+def test_a_change_outside_the_incremental_inputs_rebuilds_in_full(shop: Any, spark: Any) -> None:
+    product = {**shop.records["products"][0], "price": 999.99, "updated_at": ts(20)}
+    write_raw_run(shop.lake, "faker", "r6", {"products": [product]}, T0 + timedelta(days=4))
+    summaries = run_all(shop, spark, "run6")
+    reason = "changed: products (not incremental inputs)"
+    assert builds(summaries)[DAILY] == ("full", reason, -1)
+    assert builds(summaries)[CLV] == ("full", reason, -1)
+    assert_gold_matches_reference(shop.config)
+
+
+def test_rerunning_a_published_run_changes_nothing(shop: Any, spark: Any) -> None:
+    before = _gold_state(shop)
+    summaries = run_all(shop, spark, "run6")
+    assert {b[0] for b in builds(summaries).values()} == {"unchanged"}
+    assert _gold_state(shop) == before
+
+
+def test_full_refresh_and_a_changed_model_rebuild_in_full(shop: Any, spark: Any) -> None:
+    summaries = run_all(shop, spark, "run7", full_refresh=True)
+    assert {b[:2] for b in builds(summaries).values()} == {("full", "full refresh requested")}
+    assert_gold_matches_reference(shop.config)
+
+    daily = shop.config.gold[DAILY]
+    fewer_checks = daily.model_copy(update={"checks": daily.checks[:1]})
+    changed = shop.config.model_copy(update={"gold": {**shop.config.gold, DAILY: fewer_checks}})
+    plan = plan_build(changed, DAILY, "run8", False, {})
+    assert (plan.mode, plan.reason) == ("full", "the model or its config changed")
+    assert plan_build(shop.config, DAILY, "run8", False, {}).mode == "unchanged"
+
+
+def _gold_days(shop: Any) -> set[date]:
+    from raw2gold.publish.publisher import gold_arrow_table
+
+    rows = gold_arrow_table(shop.config, DAILY).to_pylist()
+    return {r["purchase_date"] for r in rows}
+
+
+def _gold_state(shop: Any) -> tuple[Any, ...]:
+    gold = shop.lake.path("gold")
+    pointer = current_pointer(shop.lake, CLV)
+    return (
+        log_version(shop.lake, f"gold/{DAILY}"),
+        log_version(shop.lake, f"gold/{TOP}"),
+        pointer["version"] if pointer else None,
+        tree_digest(Path(gold)),
+    )
+
+
+def _partitions_written(lake: Lake, table: str) -> set[str]:
+    """purchase_date values of the files the newest commit of a Delta gold table added."""
+    relative = f"gold/{table}/_delta_log/{log_version(lake, f'gold/{table}'):020d}.json"
+    with lake.fs.open_input_stream(lake.path(relative)) as stream:
+        actions = [json.loads(line) for line in stream.read().decode().splitlines() if line]
+    return {a["add"]["partitionValues"]["purchase_date"] for a in actions if "add" in a}
