@@ -92,8 +92,19 @@ def _print_run_summary(
         note = f"{stats.get('quarantined', 0)} quarantined" if stats.get("quarantined") else ""
         table.add_row("processed", name, str(stats.get("rows", "")), note)
     publish = summary["stages"].get("publish", {})
+    built = (stages.get("gold") or stages.get("transform") or {}).get("gold", {})
     for name, stats in publish.get("gold", {}).items():
-        table.add_row("gold", name, str(stats.get("rows", "")), stats.get("format", ""))
+        build = built.get(name, {})
+        note = ", ".join(
+            part
+            for part in (
+                stats.get("format", ""),
+                build.get("build", ""),
+                f"{build['groups']} groups rebuilt" if build.get("groups", -1) >= 0 else "",
+            )
+            if part
+        )
+        table.add_row("gold", name, str(stats.get("rows", "")), note)
     console.print(table)
     stage_times = Table(title="time per task", show_edge=False)
     stage_times.add_column("task")

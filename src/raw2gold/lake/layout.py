@@ -198,6 +198,13 @@ class Lake:
         with self.fs.open_input_stream(self.path(relative)) as stream:
             return json.loads(stream.read())
 
+    def read_record(self, relative: str) -> dict[str, Any] | None:
+        """A JSON object file, or None when it does not exist."""
+        if not self.exists(relative):
+            return None
+        record: dict[str, Any] = self.read_json(relative)
+        return record
+
     def list_files(self, relative: str, suffix: str = "") -> list[str]:
         """Lake-relative paths of the files below a folder (none when it does not exist)."""
         selector = pafs.FileSelector(self.path(relative), recursive=True, allow_not_found=True)

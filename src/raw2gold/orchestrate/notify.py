@@ -282,7 +282,10 @@ def run_notifications(
             for s in streams.values()
         )
         gold = summary.get("stages", {}).get("publish", {}).get("gold", {})
-        gold_text = ", ".join(f"{t} ({g.get('rows')} rows)" for t, g in gold.items())
+        gold_text = ", ".join(
+            f"{t} ({g.get('rows')} rows{', unchanged' if g.get('action') == 'unchanged' else ''})"
+            for t, g in gold.items()
+        )
         messages.append(
             Notification(
                 pipeline,

@@ -105,14 +105,6 @@ def last_publish(lake: Lake, config: PipelineConfig, table: str) -> dict[str, An
     return found[1] if found else None
 
 
-def _run_record(lake: Lake, run_id: str, stage: str) -> dict[str, Any] | None:
-    relative = lake.run_record(run_id, stage)
-    if not lake.exists(relative):
-        return None
-    record: dict[str, Any] = lake.read_json(relative)
-    return record
-
-
 def lineage(spark: SparkSession, config: PipelineConfig, run_id: str) -> dict[str, Any]:
     """Inputs of the run's gold: each processed table's Delta version and the raw runs its
     newest raw2gold commit applied (read from the Delta log, so retries keep the lineage)."""
@@ -335,7 +327,7 @@ def publish(
 ) -> list[PublishResult]:
     """Publish every gold table staged by the run; refuse unless its check stage passed."""
     lake = Lake(config.lake)
-    checks = _run_record(lake, run_id, "check")
+    checks = lake.read_record(lake.run_record(run_id, "check"))
     if require_checks and (checks is None or checks.get("status") != "succeeded"):
         raise PublishError(
             f"run {run_id} has no passed check stage: run --stage check before publish"

@@ -71,11 +71,7 @@ class BuildPlan:
 
 def staged_build(lake: Lake, run_id: str, table: str) -> dict[str, Any] | None:
     """The build record the gold stage wrote for a table in a run (None: not built)."""
-    relative = lake.staging_build(run_id, table)
-    if not lake.exists(relative):
-        return None
-    record: dict[str, Any] = lake.read_json(relative)
-    return record
+    return lake.read_record(lake.staging_build(run_id, table))
 
 
 def staged_exists(lake: Lake, run_id: str, table: str) -> bool:
