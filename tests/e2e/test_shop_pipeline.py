@@ -51,15 +51,33 @@ def test_run_succeeds_and_prints_a_summary(shop_run: dict) -> None:
     result = shop_run["result"]
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
-    tasks = ("ingest.faker", "ingest.catalog_csv", "processed.build", "gold.build", "gold.check")
-    for task in (*tasks, "gold.publish", "done"):
+    processed = [f"processed.{t}" for t in ("users", "products", "purchases", "make_categories")]
+    models = ("daily_category_revenue", "customer_lifetime_value", "top_products")
+    builds = [f"gold.build.{m}" for m in models]
+    checks = [f"gold.check.{m}" for m in models]
+    tasks = ["ingest.faker", "ingest.catalog_csv", "spark.start", *processed, *builds, *checks]
+    for task in (*tasks, "gold.publish", "spark.stop", "done"):
         assert f"✔ {task} success" in out, out
-    # Layer by layer: both ingests before processed, then gold build, check, publish, done.
-    finished = [out.index(f"✔ {t} success") for t in ("processed.build", "gold.build")]
-    assert max(out.index(f"✔ ingest.{s} success") for s in ("faker", "catalog_csv")) < finished[0]
-    order = ["processed.build", "gold.build", "gold.check", "gold.publish", "done"]
-    positions = [out.index(f"✔ {t} success") for t in order]
-    assert positions == sorted(positions), out
+
+    def at(task: str) -> int:
+        return out.index(f"✔ {task} success")
+
+    # Layer by layer: a processed table after its source, a model after its tables, checks
+    # after the model, publish after every check; the Spark server stops after the last task.
+    assert at("ingest.catalog_csv") < at("processed.make_categories")
+    assert at("ingest.faker") < min(at(t) for t in processed[:3])
+    assert at("spark.start") < min(at(t) for t in processed)
+    assert max(at(t) for t in processed) < min(at(t) for t in builds)
+    for model in models:
+        assert at(f"gold.build.{model}") < at(f"gold.check.{model}") < at("gold.publish")
+    assert at("gold.publish") < at("spark.stop")
+    assert at("gold.publish") < at("done")
+    # One Spark Connect server served the run's Spark tasks, and it is gone.
+    (record,) = shop_run["lake"].glob("_state/runs/*/spark_server.json")
+    server = json.loads(record.read_text())
+    assert server["url"].startswith("sc://127.0.0.1:") and server["stopped_at"]
+    with pytest.raises(ProcessLookupError):
+        os.kill(server["pid"], 0)
     assert "rows per layer" in out and "time per task" in out
     assert "gold.daily_category_revenue" in out
 

@@ -50,27 +50,55 @@ def test_task_dependencies_follow_the_config(shop_pipeline: Path) -> None:
     config = load_pipeline(shop_pipeline)
     dag = build_dag(config)
     tasks = {t.task_id: t for t in dag.tasks}
+    processed = {f"processed.{t}" for t in config.processed}
+    builds = {f"gold.build.{m}" for m in config.gold}
+    checks = {f"gold.check.{m}" for m in config.gold}
     assert set(tasks) == {
         "ingest.faker",
         "ingest.catalog_csv",
-        "processed.build",
-        "gold.build",
-        "gold.check",
+        "spark.start",
+        "spark.stop",
+        *processed,
+        *builds,
+        *checks,
         "gold.publish",
         "done",
     }
-    assert set(dag.task_group.children) == {"ingest", "processed", "gold", "done"}
-    for source in ("ingest.faker", "ingest.catalog_csv"):
-        assert tasks[source].downstream_task_ids == {"processed.build"}
-        assert tasks[source].upstream_task_ids == set()
-    assert tasks["processed.build"].downstream_task_ids == {"gold.build"}
-    assert tasks["gold.build"].downstream_task_ids == {"gold.check"}
-    assert tasks["gold.check"].downstream_task_ids == {"gold.publish"}
-    assert tasks["gold.publish"].downstream_task_ids == {"done"}
-    assert tasks["processed.build"].trigger_rule == "none_failed"
-    stages = {t: getattr(tasks[t], "stage", None) for t in tasks}
-    assert stages["processed.build"] == "processed" and stages["gold.build"] == "gold"
-    assert "customer_lifetime_value" in (tasks["gold.build"].doc_md or "")
+    assert set(dag.task_group.children) == {"ingest", "spark", "processed", "gold", "done"}
+    # Each processed table after its own source's ingest and the run's Spark server.
+    assert tasks["ingest.catalog_csv"].downstream_task_ids == {"processed.make_categories"}
+    assert tasks["ingest.faker"].downstream_task_ids == processed - {"processed.make_categories"}
+    assert tasks["spark.start"].upstream_task_ids == set()
+    assert tasks["spark.start"].downstream_task_ids == processed
+    # Each model after exactly the tables its SQL / Python refers to.
+    assert tasks["gold.build.customer_lifetime_value"].upstream_task_ids == {
+        "processed.users",
+        "processed.purchases",
+        "processed.products",
+    }
+    assert tasks["gold.build.daily_category_revenue"].upstream_task_ids == {
+        "processed.purchases",
+        "processed.products",
+        "processed.make_categories",
+    }
+    for model in config.gold:
+        assert tasks[f"gold.build.{model}"].downstream_task_ids == {
+            f"gold.check.{model}",
+            "spark.stop",
+        }
+        assert tasks[f"gold.check.{model}"].downstream_task_ids == {"gold.publish", "spark.stop"}
+    assert tasks["gold.publish"].upstream_task_ids == checks
+    assert tasks["gold.publish"].downstream_task_ids == {"done", "spark.stop"}
+    # The server stops after every Spark task, whatever their outcome.
+    assert tasks["spark.stop"].upstream_task_ids == processed | builds | checks | {"gold.publish"}
+    assert tasks["spark.stop"].trigger_rule == "all_done"
+    assert tasks["processed.users"].trigger_rule == "none_failed"
+    stages = {t: (getattr(v, "stage", None), getattr(v, "tables", None)) for t, v in tasks.items()}
+    assert stages["processed.users"] == ("processed", ["users"])
+    assert stages["gold.build.top_products"] == ("gold", ["top_products"])
+    assert stages["gold.check.top_products"] == ("check", ["top_products"])
+    assert stages["gold.publish"] == ("publish", None)
+    assert "purchases" in (tasks["gold.build.customer_lifetime_value"].doc_md or "")
     assert dag.max_active_runs == 1
     assert dag.catchup is False
     assert tasks["ingest.faker"].retries == 2

@@ -1,10 +1,14 @@
 """Build one Airflow DAG per pipeline config.
 
-One task group per layer: ``ingest`` (one task per source, in parallel, into raw) ->
-``processed`` (``processed.build``: every processed table and its checks) -> ``gold``
-(``gold.build`` stages every gold model in dependency order, ``gold.check`` runs the gold
-quality checks, ``gold.publish`` publishes atomically) -> ``done`` (summary, notifications).
-Each Spark task starts one JVM for all the tables of its step, not one per model.
+One task group per layer, one task per table: ``ingest.<source>`` (in parallel, into raw) ->
+``processed.<table>`` (after its source; the table and its checks) -> ``gold.build.<model>``
+(after exactly the tables the model refers to) -> ``gold.check.<model>`` -> ``gold.publish``
+(every model, once all checks passed) -> ``done`` (summary, notifications).
+
+In local mode ``spark.start`` (alongside ingest) starts one Spark Connect server for the run and
+every Spark task is a client of it, so a task costs a session, not a JVM start; ``spark.stop``
+stops it after the last Spark task, whatever their outcome (see raw2gold.transform.connect).
+In cluster and ssh mode each task is its own Spark application.
 Nothing heavy happens here: reading the YAML and building operators takes milliseconds, so DAG
 files parse fast. Users add sources and models by editing config, never this code.
 """
@@ -21,12 +25,13 @@ import pendulum
 from airflow.sdk import DAG, Asset, Param, TaskGroup
 
 from raw2gold.config import PipelineConfig, load_pipeline
-from raw2gold.config.loader import gold_order
+from raw2gold.config.loader import REF_IN_SQL, gold_order, model_refs
 from raw2gold.orchestrate.airbyte_operators import AirbyteServerSyncOperator
 from raw2gold.orchestrate.notify import failure_callbacks, overdue_alert, retry_callbacks
 from raw2gold.orchestrate.operators import (
     IngestSourceOperator,
     RunSummaryOperator,
+    SparkServerOperator,
     SparkStageOperator,
 )
 
@@ -40,6 +45,21 @@ def gold_asset_uri(config: PipelineConfig, table: str) -> str:
     if "://" not in uri:
         uri = f"file://{uri}"
     return f"{uri}/gold/{table}"
+
+
+def _model_doc(config: PipelineConfig, model: str) -> str:
+    refs = model_refs(config, model)
+    return f"gold.{model} ({config.gold[model].format}) from {', '.join(refs) or 'no tables'}"
+
+
+def _checked_against(config: PipelineConfig, model: str) -> set[str]:
+    """Other gold models a model's checks read (relationships `to`, ref() in sql checks)."""
+    tables = set()
+    for check in config.gold[model].checks:
+        if check.to:
+            tables.add(check.to.split(".")[0])
+        tables.update(REF_IN_SQL.findall(check.sql or ""))
+    return {t for t in tables if t in config.gold and t != model}
 
 
 def build_dag(config: PipelineConfig) -> DAG:
@@ -89,18 +109,19 @@ def build_dag(config: PipelineConfig) -> DAG:
         },
         doc_md=f"raw2gold pipeline **{config.name}** from `{pipeline_path}`.",
     ) as dag:
-        with TaskGroup("ingest", tooltip="Airbyte connectors into raw/") as ingest:
+        ingest_tasks: dict[str, Any] = {}
+        with TaskGroup("ingest", tooltip="Airbyte connectors into raw/"):
             for source in sorted(config.sources):
                 if config.sources[source].airbyte is not None:
                     # Synced by an Airbyte server: trigger, wait, register its files into raw.
-                    AirbyteServerSyncOperator(
+                    ingest_tasks[source] = AirbyteServerSyncOperator(
                         task_id=source,
                         pipeline_path=pipeline_path,
                         source=source,
                         execution_timeout=ingest_timeout,
                     )
                     continue
-                IngestSourceOperator(
+                ingest_tasks[source] = IngestSourceOperator(
                     task_id=source,
                     pipeline_path=pipeline_path,
                     source=source,
@@ -117,28 +138,66 @@ def build_dag(config: PipelineConfig) -> DAG:
                 **kwargs,
             )
 
+        server_start = server_stop = None
+        if config.spark.mode == "local":
+            steps = len(config.processed) + 2 * len(config.gold) + 1
+            with TaskGroup("spark", tooltip="one Spark Connect server for the run's Spark tasks"):
+                server_start = SparkServerOperator(
+                    task_id="start",
+                    pipeline_path=pipeline_path,
+                    action="start",
+                    ttl_seconds=int(spark_timeout.total_seconds()) * steps,
+                    execution_timeout=timedelta(minutes=10),
+                )
+                server_stop = SparkServerOperator(
+                    task_id="stop",
+                    pipeline_path=pipeline_path,
+                    action="stop",
+                    ttl_seconds=0,
+                    trigger_rule="all_done",
+                    execution_timeout=timedelta(minutes=5),
+                )
+
         with TaskGroup("processed", tooltip="raw -> processed: typed, deduplicated, MERGEd"):
-            processed = spark_task(
-                "build",
-                "processed",
-                trigger_rule="none_failed",
-                doc_md="Processed tables: " + ", ".join(config.processed),
-            )
+            processed = {
+                table: spark_task(
+                    table,
+                    "processed",
+                    tables=[table],
+                    trigger_rule="none_failed",  # a source left out by params.sources is skipped
+                    doc_md=f"processed.{table} from raw {model.source}, and its checks",
+                )
+                for table, model in config.processed.items()
+            }
         with TaskGroup("gold", tooltip="processed -> gold: build, check, publish atomically"):
-            build = spark_task(
-                "build",
-                "gold",
-                doc_md="Gold models in dependency order: " + " -> ".join(gold_order(config)),
-            )
-            check = spark_task("check", "check")
+            with TaskGroup("build", tooltip="each model, after the tables it refers to"):
+                builds = {
+                    m: spark_task(m, "gold", tables=[m], doc_md=_model_doc(config, m))
+                    for m in gold_order(config)
+                }
+            with TaskGroup("check", tooltip="each model's checks, on gold as it would publish"):
+                checks = {model: spark_task(model, "check", tables=[model]) for model in builds}
             assets = [
                 Asset(name=f"{config.name}.{t}", uri=gold_asset_uri(config, t)) for t in config.gold
             ]
             publish = spark_task("publish", "publish", outlets=assets)
-            build >> check >> publish
         done = RunSummaryOperator(task_id="done", pipeline_path=pipeline_path)
-        ingest >> processed >> build
+
+        for table, task in processed.items():
+            ingest_tasks[config.processed[table].source.split(".")[0]] >> task
+            if server_start is not None:
+                server_start >> task
+        for model, task in builds.items():
+            refs = model_refs(config, model)
+            upstream = [processed[r] if r in processed else builds[r] for r in refs]
+            (upstream or list(processed.values())) >> task
+            task >> checks[model]
+            for table in _checked_against(config, model):
+                builds[table] >> checks[model]
+            checks[model] >> publish
         publish >> done
+        if server_stop is not None:
+            [*processed.values(), *builds.values(), *checks.values(), publish] >> server_stop
     return dag
 
 

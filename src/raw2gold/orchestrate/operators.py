@@ -95,17 +95,39 @@ class SparkStageOperator(BaseOperator):
     template_fields = ("pipeline_path",)
     ui_color = "#fdf2e8"
 
-    def __init__(self, *, pipeline_path: str, stage: str, **kwargs: Any) -> None:
+    def __init__(
+        self, *, pipeline_path: str, stage: str, tables: list[str] | None = None, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.pipeline_path = pipeline_path
         self.stage = stage
+        self.tables = tables
         self._runner: Any = None
+        self._remote: str | None = None
 
     def command(self, run_id: str, full_refresh: bool) -> list[str]:
         """The local-mode command line."""
-        cmd = [sys.executable, "-m", "raw2gold.transform.job", "--pipeline", self.pipeline_path]
-        cmd += ["--stage", self.stage, "--run-id", run_id]
-        return cmd + (["--full-refresh"] if full_refresh else [])
+        from raw2gold.transform.runners import job_args
+
+        args = job_args(self.pipeline_path, self.stage, run_id, full_refresh, self.tables)
+        return [sys.executable, "-m", "raw2gold.transform.job", *args]
+
+    def _remote_env(self, config: Any, run_id: str) -> dict[str, str]:
+        """The run's Spark Connect server for the local job, in a session of this task's own."""
+        import uuid
+
+        from raw2gold.lake import Lake
+        from raw2gold.transform.connect import REMOTE_ENV, usable_server
+
+        if config is None or config.spark.mode != "local":
+            return {}
+        server = usable_server(Lake(config.lake), run_id)
+        if server is None:
+            self.log.info("no Spark Connect server for run %s here: the job starts a JVM", run_id)
+            return {}
+        self._remote = f"{server['url']}/;session_id={uuid.uuid4()}"
+        self.log.info("the job runs on the run's Spark Connect server %s", server["url"])
+        return {REMOTE_ENV: self._remote}
 
     def _config(self) -> Any:
         """The pipeline config, or None when it cannot be read (the local job then reports why)."""
@@ -122,8 +144,15 @@ class SparkStageOperator(BaseOperator):
 
         params = context.get("params") or {}
         run_id, _ = run_ids(context)
+        config = self._config()
         self._runner = make_runner(
-            self._config(), self.pipeline_path, self.stage, self.log, command=self.command
+            config,
+            self.pipeline_path,
+            self.stage,
+            self.log,
+            command=self.command,
+            tables=self.tables,
+            env=self._remote_env(config, run_id),
         )
         try:
             summary: dict[str, Any] = self._runner.run(run_id, bool(params.get("full_refresh")))
@@ -132,9 +161,53 @@ class SparkStageOperator(BaseOperator):
         return summary
 
     def on_kill(self) -> None:
-        """Stop the Spark job: local process group, cluster application or remote process."""
+        """Stop the Spark job: local process group, cluster application or remote process.
+
+        On the run's Spark Connect server, the job's session is interrupted too, so its
+        queries stop on the server (which other tasks share and which stays up).
+        """
         if self._runner is not None:
             self._runner.kill()
+        if self._remote:
+            from raw2gold.transform.connect import interrupt_session
+
+            interrupt_session(self._remote, self.log.info)
+
+
+class SparkServerOperator(BaseOperator):
+    """Start (``action="start"``) or stop the run's Spark Connect server (local mode).
+
+    See :mod:`raw2gold.transform.connect`. Stopping runs whatever happened upstream.
+    """
+
+    template_fields = ("pipeline_path",)
+    ui_color = "#fdf2e8"
+
+    def __init__(self, *, pipeline_path: str, action: str, ttl_seconds: int, **kwargs: Any):
+        super().__init__(**kwargs)
+        self.pipeline_path = pipeline_path
+        self.action = action
+        self.ttl_seconds = ttl_seconds
+        self._run_id: str | None = None
+
+    def execute(self, context: Any) -> dict[str, Any] | None:
+        from raw2gold.config import load_pipeline
+        from raw2gold.transform.connect import start_server, stop_server
+
+        config = load_pipeline(self.pipeline_path)
+        self._run_id, _ = run_ids(context)
+        if self.action == "start":
+            return start_server(config, self._run_id, self.ttl_seconds, self.log.info)
+        stop_server(config, self._run_id, self.log.info)
+        return None
+
+    def on_kill(self) -> None:
+        """A start that is killed stops the server it may have started."""
+        if self.action == "start" and self._run_id:
+            from raw2gold.config import load_pipeline
+            from raw2gold.transform.connect import stop_server
+
+            stop_server(load_pipeline(self.pipeline_path), self._run_id, self.log.info)
 
 
 class RunSummaryOperator(BaseOperator):

@@ -6,6 +6,7 @@ from typing import Any
 
 from raw2gold.config import load_pipeline
 from raw2gold.lake import Lake
+from raw2gold.transform.job import stage_record
 
 
 def run_summary(pipeline_path: str, run_id: str, lake_uri: str | None = None) -> dict[str, Any]:
@@ -23,7 +24,7 @@ def run_summary(pipeline_path: str, run_id: str, lake_uri: str | None = None) ->
             }
     stages = {}
     for stage in ("transform", "processed", "gold", "check", "publish"):
-        relative = Lake.run_record(run_id, stage)
-        if lake.exists(relative):
-            stages[stage] = lake.read_json(relative)
+        record = stage_record(lake, run_id, stage)  # with the per-model tasks' records
+        if record is not None:
+            stages[stage] = record
     return {"pipeline": config.name, "run_id": run_id, "raw": raw, "stages": stages}

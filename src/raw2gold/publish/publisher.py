@@ -327,10 +327,19 @@ def publish(
 ) -> list[PublishResult]:
     """Publish every gold table staged by the run; refuse unless its check stage passed."""
     lake = Lake(config.lake)
-    checks = lake.read_record(lake.run_record(run_id, "check"))
-    if require_checks and (checks is None or checks.get("status") != "succeeded"):
+    from raw2gold.transform.job import stage_record
+
+    checks = stage_record(lake, run_id, "check")
+    parts = (checks or {}).get("parts", [])
+    checked = set(config.gold) if "all" in parts else {t for p in parts for t in p}
+    if require_checks and (
+        checks is None or checks.get("status") != "succeeded" or checked < set(config.gold)
+    ):
+        missing = sorted(set(config.gold) - checked)
         raise PublishError(
-            f"run {run_id} has no passed check stage: run --stage check before publish"
+            f"run {run_id} has no passed check stage"
+            + (f" for {', '.join(missing)}" if checks and missing else "")
+            + ": run --stage check before publish"
         )
     check_summary = [
         {"table": c["table"], "check": c["check"], "passed": c["passed"]}

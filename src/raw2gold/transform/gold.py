@@ -230,6 +230,14 @@ def _merges_only(lake: Lake, table: str, since: str, now: str) -> bool:
     return True
 
 
+def _rebuilt_in_run(lake: Lake, run_id: str, table: str, plans: dict[str, BuildPlan]) -> bool:
+    """Whether this run rebuilds a gold table (planned here, or by another task of the run)."""
+    if table in plans:
+        return plans[table].mode != "unchanged"
+    build = staged_build(lake, run_id, table)
+    return build is not None and build["mode"] != "unchanged"
+
+
 def plan_build(
     config: PipelineConfig,
     table: str,
@@ -251,7 +259,7 @@ def plan_build(
     for name in refs:
         if name in config.processed:
             inputs[name] = str(log_version(lake, lake.processed_table(name)))
-        elif name in plans and plans[name].mode != "unchanged":
+        elif _rebuilt_in_run(lake, run_id, name, plans):
             inputs[name] = f"run:{run_id}"
         else:
             upstream = last_publish(lake, config, name)

@@ -80,7 +80,9 @@ def _processed_checks(
     return results
 
 
-def _gold_checks(spark: SparkSession, config: PipelineConfig, run_id: str) -> list[CheckResult]:
+def _gold_checks(
+    spark: SparkSession, config: PipelineConfig, run_id: str, tables: list[str] | None = None
+) -> list[CheckResult]:
     """Checks of gold as publishing this run would leave it; previous = the published table."""
     from raw2gold.publish.publisher import read_gold
     from raw2gold.transform.gold import gold_exists
@@ -89,6 +91,8 @@ def _gold_checks(spark: SparkSession, config: PipelineConfig, run_id: str) -> li
     ref = make_ref(spark, config, run_id)
     results: list[CheckResult] = []
     for table, model in config.gold.items():
+        if tables is not None and table not in tables:
+            continue
         if not staged_exists(lake, run_id, table):
             raise RuntimeError(f"gold {table} is not staged in run {run_id}: run transform first")
         if model.checks:
@@ -111,22 +115,23 @@ def _execute(
     run_id: str,
     full_refresh: bool,
     summary: dict[str, Any],
+    tables: list[str] | None = None,
 ) -> None:
     if stage in ("transform", "processed"):
-        processed = build_processed(spark, config, run_id, full_refresh)
+        processed = build_processed(spark, config, run_id, full_refresh, tables)
         for p in processed:
             summary["processed"][p.table] = p.as_dict()
-        existing = [t for t in config.processed if read_exists(config, t)]
+        existing = [t for t in (tables or config.processed) if read_exists(config, t)]
         before = {p.table: p.previous_version for p in processed}
         summary["checks"] = [
             c.as_dict() for c in _processed_checks(spark, config, run_id, existing, before)
         ]
         enforce([CheckResult(**c) for c in summary["checks"]])
     if stage in ("transform", "gold"):
-        for g in build_gold(spark, config, run_id, full_refresh=full_refresh):
+        for g in build_gold(spark, config, run_id, tables, full_refresh):
             summary["gold"][g.table] = {**g.as_dict(), "format": config.gold[g.table].format}
     elif stage == "check":
-        results = _gold_checks(spark, config, run_id)
+        results = _gold_checks(spark, config, run_id, tables)
         summary["checks"] = [c.as_dict() for c in results]
         enforce(results)
     elif stage == "publish":
@@ -137,6 +142,38 @@ def _execute(
         summary["lineage"] = lineage(spark, config, run_id)
     elif stage not in ("transform", "processed"):
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(ALL_STAGES)}")
+
+
+def record_name(stage: str, tables: list[str] | None = None) -> str:
+    """The run record of a stage: ``gold``, or ``gold.<table>`` for a per-model task."""
+    return f"{stage}.{'+'.join(tables)}" if tables else stage
+
+
+def stage_record(lake: Lake, run_id: str, stage: str) -> dict[str, Any] | None:
+    """What a stage recorded for a run: its own record, merged with its per-table records.
+
+    Per-table records (``<stage>.<table>.json``, one per DAG task) add their tables and checks;
+    the merged status is failed when any part failed.
+    """
+    folder = f"_state/runs/{run_id}"
+    names = [f.rsplit("/", 1)[-1].removesuffix(".json") for f in lake.list_files(folder, ".json")]
+    parts = [n for n in names if n == stage or n.startswith(f"{stage}.")]
+    records = [r for n in sorted(parts) if (r := lake.read_record(f"{folder}/{n}.json"))]
+    if not records:
+        return None
+    merged: dict[str, Any] = {**records[0], "processed": {}, "gold": {}, "checks": [], "parts": []}
+    for record in records:
+        merged["processed"].update(record.get("processed") or {})
+        merged["gold"].update(record.get("gold") or {})
+        merged["checks"] += record.get("checks") or []
+        merged["parts"].append(record.get("tables") or "all")
+        if record.get("status") != "succeeded":
+            merged["status"] = record.get("status")
+            merged["error"] = merged.get("error") or record.get("error")
+    merged["duration_seconds"] = round(
+        sum(float(r.get("duration_seconds") or 0) for r in records), 3
+    )
+    return merged
 
 
 def read_exists(config: PipelineConfig, table: str) -> bool:
@@ -152,9 +189,11 @@ def run_stage(
     run_id: str,
     full_refresh: bool = False,
     spark: SparkSession | None = None,
+    tables: list[str] | None = None,
 ) -> dict[str, Any]:
     """Run one stage in-process and return its summary (also written to the lake).
 
+    ``tables`` limits processed, gold and check to those tables (one DAG task per model).
     Raises :class:`StageError` (with the summary) when the stage fails.
     """
     if stage not in ALL_STAGES:
@@ -167,6 +206,8 @@ def run_stage(
         "pipeline": config.name,
         "run_id": run_id,
         "stage": stage,
+        "tables": tables,
+        "record": record_name(stage, tables),
         "full_refresh": full_refresh,
         "status": "running",
         "started_at": utc_now(),
@@ -185,8 +226,9 @@ def run_stage(
             from raw2gold.transform.session import spark_session
 
             own_session = SparkSession.getActiveSession() is None
-            spark = spark_session(config, f"raw2gold-{config.name}-{stage}-{run_id}")
-        _execute(spark, config, stage, run_id, full_refresh, summary)
+            name = f"raw2gold-{config.name}-{record_name(stage, tables)}-{run_id}"
+            spark = spark_session(config, name)
+        _execute(spark, config, stage, run_id, full_refresh, summary, tables)
         summary["status"] = "succeeded"
     except Exception as exc:
         summary["status"] = "failed"
@@ -208,7 +250,7 @@ def _finish(lake: Lake, summary: dict[str, Any], started: float) -> None:
     summary["finished_at"] = utc_now()
     summary["duration_seconds"] = round(time.monotonic() - started, 3)
     try:
-        lake.write_json(lake.run_record(summary["run_id"], summary["stage"]), summary)
+        lake.write_json(lake.run_record(summary["run_id"], summary["record"]), summary)
     except Exception as exc:  # the summary is also printed; do not hide the stage's own error
         log.error("could not write the stage summary: %s", exc)
 
@@ -218,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pipeline", required=True, help="path of pipeline.yaml")
     parser.add_argument("--stage", required=True, choices=ALL_STAGES)
     parser.add_argument("--run-id", required=True)
+    parser.add_argument("--tables", default=None, help="comma-separated: only these tables")
     parser.add_argument("--full-refresh", action="store_true")
     parser.add_argument("--lake", default=None, help="override the lake URI")
     parser.add_argument("--verbose", action="store_true", help="full tracebacks")
@@ -230,7 +273,11 @@ def main(argv: list[str] | None = None) -> int:
     summary: dict[str, Any] | None = None
     try:
         config = load_pipeline(args.pipeline, args.lake)
-        summary = run_stage(config, args.stage, args.run_id, args.full_refresh)
+        tables = [t for t in (args.tables or "").split(",") if t] or None
+        unknown = [t for t in tables or [] if config.table_kind(t) is None]
+        if unknown:
+            raise ValueError(f"--tables: unknown table(s) {', '.join(unknown)}")
+        summary = run_stage(config, args.stage, args.run_id, args.full_refresh, tables=tables)
         code = 0
     except Exception as exc:
         summary = getattr(exc, "summary", None)

@@ -86,9 +86,13 @@ class Output:
         return self.tail[-1] if self.tail else "no output"
 
 
-def job_args(pipeline: str, stage: str, run_id: str, full_refresh: bool) -> list[str]:
+def job_args(
+    pipeline: str, stage: str, run_id: str, full_refresh: bool, tables: list[str] | None = None
+) -> list[str]:
     """Arguments of ``raw2gold.transform.job`` (after the program)."""
     args = ["--pipeline", pipeline, "--stage", stage, "--run-id", run_id]
+    if tables:
+        args += ["--tables", ",".join(tables)]
     return args + (["--full-refresh"] if full_refresh else [])
 
 
@@ -102,10 +106,18 @@ class StageRunner:
 
     where = "?"
 
-    def __init__(self, stage: str, log: Log) -> None:
+    def __init__(self, stage: str, log: Log, tables: list[str] | None = None) -> None:
         self.stage = stage
+        self.tables = tables
         self.log = log
         self.output = Output(log)
+
+    @property
+    def label(self) -> str:
+        """The stage, with the tables it is limited to (also its run record's name)."""
+        from raw2gold.transform.job import record_name
+
+        return record_name(self.stage, self.tables)
 
     def run(self, run_id: str, full_refresh: bool = False) -> dict[str, Any]:
         raise NotImplementedError
@@ -115,7 +127,7 @@ class StageRunner:
 
     def _failed(self, code: int | str) -> StageRunError:
         return StageRunError(
-            f"Spark stage {self.stage} failed {self.where} (exit {code}): {self.output.error()}"
+            f"Spark stage {self.label} failed {self.where} (exit {code}): {self.output.error()}"
         )
 
 
@@ -129,14 +141,17 @@ class LocalRunner(StageRunner):
         stage: str,
         log: Log,
         command: Callable[[str, bool], list[str]],
+        env: dict[str, str] | None = None,
     ) -> None:
         super().__init__(stage, log)
         self.command = command
+        self.env = env or {}
         self.process: subprocess.Popen[str] | None = None
 
     def run(self, run_id: str, full_refresh: bool = False) -> dict[str, Any]:
         cmd = self.command(run_id, full_refresh)
         env = {**os.environ, "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")}
+        env.update(self.env)
         self.log.info("running: %s", shlex.join(cmd))
         self.process = subprocess.Popen(
             cmd,
@@ -273,8 +288,9 @@ class SparkSubmitRunner(StageRunner):
         pipeline_path: str,
         stage: str,
         log: Log,
+        tables: list[str] | None = None,
     ) -> None:
-        super().__init__(stage, log)
+        super().__init__(stage, log, tables)
         self.config = config
         self.pipeline_path = str(Path(pipeline_path).resolve())
         self.hook: Any = None
@@ -299,8 +315,10 @@ class SparkSubmitRunner(StageRunner):
             packages=packages or None,
             exclude_packages=excludes or None,
             properties_file=properties_file,
-            name=app_name(self.config, self.stage, run_id),
-            application_args=job_args(self.pipeline_path, self.stage, run_id, full_refresh),
+            name=app_name(self.config, self.label, run_id),
+            application_args=job_args(
+                self.pipeline_path, self.stage, run_id, full_refresh, self.tables
+            ),
             deploy_mode=deploy_mode,
         )
         if hook._connection["deploy_mode"] != "cluster":
@@ -348,7 +366,7 @@ class SparkSubmitRunner(StageRunner):
 
         lake = Lake(self.config.lake)
         try:
-            record: dict[str, Any] = lake.read_json(lake.run_record(run_id, self.stage))
+            record: dict[str, Any] = lake.read_json(lake.run_record(run_id, self.label))
         except Exception:
             return None
         return record
@@ -387,8 +405,9 @@ class SshRunner(StageRunner):
         pipeline_path: str,
         stage: str,
         log: Log,
+        tables: list[str] | None = None,
     ) -> None:
-        super().__init__(stage, log)
+        super().__init__(stage, log, tables)
         self.config = config
         self.pipeline_path = config.spark.remote_pipeline or str(Path(pipeline_path).resolve())
         self.conn_id = config.spark.ssh_conn_id or ""
@@ -401,7 +420,7 @@ class SshRunner(StageRunner):
         """The shell command run on the remote host."""
         python = self.config.spark.remote_python
         args = [python, "-m", "raw2gold.transform.job"]
-        args += job_args(self.pipeline_path, self.stage, run_id, full_refresh)
+        args += job_args(self.pipeline_path, self.stage, run_id, full_refresh, self.tables)
         inner = f'echo "{PGID_PREFIX}$$"; exec {shlex.join(args)}'
         return f"exec setsid -w sh -c {shlex.quote(inner)}"
 
@@ -542,18 +561,25 @@ def make_runner(
     stage: str,
     log: Log,
     command: Callable[[str, bool], list[str]] | None = None,
+    tables: list[str] | None = None,
+    env: dict[str, str] | None = None,
 ) -> StageRunner:
-    """The runner for ``config.spark.mode`` (local when there is no config to read)."""
+    """The runner for ``config.spark.mode`` (local when there is no config to read).
+
+    ``env`` goes to the local job (e.g. the run's Spark Connect server to use).
+    """
     mode = config.spark.mode if config is not None else "local"
     if mode == "cluster":
         assert config is not None
-        return SparkSubmitRunner(config, pipeline_path, stage, log)
+        return SparkSubmitRunner(config, pipeline_path, stage, log, tables)
     if mode == "ssh":
         assert config is not None
-        return SshRunner(config, pipeline_path, stage, log)
+        return SshRunner(config, pipeline_path, stage, log, tables)
 
     def default_command(run_id: str, full_refresh: bool) -> list[str]:
-        args = job_args(pipeline_path, stage, run_id, full_refresh)
+        args = job_args(pipeline_path, stage, run_id, full_refresh, tables)
         return [sys.executable, "-m", "raw2gold.transform.job", *args]
 
-    return LocalRunner(stage, log, command or default_command)
+    runner = LocalRunner(stage, log, command or default_command, env)
+    runner.tables = tables
+    return runner

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from raw2gold.config.models import PipelineConfig
 from raw2gold.lake.layout import Lake
+from raw2gold.transform.connect import REMOTE_ENV
 from raw2gold.transform.jars import jar_conf
 
 if TYPE_CHECKING:
@@ -131,7 +132,15 @@ def spark_session(
     """Start (or reuse) the SparkSession for a pipeline.
 
     Under spark-submit (a JVM already exists) the master and jars given to spark-submit win.
+    With ``RAW2GOLD_SPARK_REMOTE`` set (``sc://host:port``, the run's Spark Connect server), it
+    is a Spark Connect client session on that server instead: no JVM starts here.
     """
+    remote = os.environ.get(REMOTE_ENV)
+    if remote:
+        from pyspark.sql import SparkSession as Session
+
+        log.info("connecting to the run's Spark Connect server %s", remote.split("/;")[0])
+        return Session.builder.remote(remote).appName(app_name).getOrCreate()
     if not java_available() and "PYSPARK_GATEWAY_PORT" not in os.environ:
         raise SparkSetupError(f"Java was not found (JAVA_HOME/PATH): {JAVA_FIX}")
     os.environ.setdefault("SPARK_LOCAL_IP", "127.0.0.1")

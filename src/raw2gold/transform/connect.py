@@ -1,0 +1,218 @@
+"""One Spark Connect server per run, shared by the run's Spark tasks (``spark.mode: local``).
+
+The DAG gives each model its own tasks (build, check); starting a JVM in each would cost
+10-15 s per task. Instead ``spark.start`` starts one Spark Connect server (the pyspark
+installation's own, ``local[N]`` with raw2gold's Delta/S3A settings) bound to 127.0.0.1, and
+every Spark task of the run connects to it as a client (``sc://127.0.0.1:PORT``), each in its own
+session. ``spark.stop`` stops it by PID (SIGTERM, then SIGKILL), whatever happened before.
+
+The server is recorded in ``_state/runs/<run_id>/spark_server.json`` (URL, PID, host). A task
+uses it only when it runs on that host and the server answers; otherwise it starts its own JVM
+as before, so a retry after a lost server still works. The server runs under ``timeout`` with
+the run's longest possible Spark time, so even a run that never reaches ``spark.stop`` leaves
+no JVM behind. All settings, credentials included, go through a 0600 properties file that is
+deleted once the server is up, never the command line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from raw2gold.config.models import PipelineConfig
+from raw2gold.lake.layout import Lake, utc_now
+
+log = logging.getLogger(__name__)
+
+SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
+REMOTE_ENV = "RAW2GOLD_SPARK_REMOTE"
+START_TIMEOUT = 180.0
+
+
+class ConnectServerError(RuntimeError):
+    """The Spark Connect server could not start."""
+
+
+def server_record(run_id: str) -> str:
+    return Lake.run_record(run_id, "spark_server")
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def _answers(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def server_command(config: PipelineConfig, port: int, properties: str, ttl: int) -> list[str]:
+    """The command line of the server: no setting values on it, they are in ``properties``."""
+    from raw2gold.transform.runners import spark_submit_binary
+
+    return [
+        "timeout",
+        "--kill-after=30",
+        f"{ttl}s",
+        spark_submit_binary(),
+        "--class",
+        SERVER_CLASS,
+        "--master",
+        config.spark.master,
+        "--name",
+        f"raw2gold-{config.name}-connect",
+        "--properties-file",
+        properties,
+        "--conf",
+        "spark.connect.grpc.binding.address=127.0.0.1",
+        "--conf",
+        f"spark.connect.grpc.binding.port={port}",
+        "spark-internal",
+    ]
+
+
+def start_server(
+    config: PipelineConfig, run_id: str, ttl_seconds: int, say: Callable[[str], Any] = log.info
+) -> dict[str, Any]:
+    """Start the run's server, wait until it answers, record it in the lake; the record."""
+    from raw2gold.transform.runners import write_properties
+    from raw2gold.transform.session import spark_conf
+
+    lake = Lake(config.lake)
+    existing = usable_server(lake, run_id)
+    if existing:
+        say(f"Spark Connect server of run {run_id} already up at {existing['url']}")
+        return existing
+    port = _free_port()
+    conf = {k: v for k, v in spark_conf(config).items() if k != "spark.master"}
+    properties = write_properties(conf)
+    log_dir = Path(os.environ.get("RAW2GOLD_HOME", ".raw2gold")) / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"spark-connect-{config.name}-{run_id}.log"
+    env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
+    started = time.monotonic()
+    with open(log_path, "ab") as out:
+        process = subprocess.Popen(
+            server_command(config, port, properties, ttl_seconds),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env=env,
+            start_new_session=True,  # its own process group: outlives this task, stopped by PID
+        )
+    try:
+        while not _answers(port):
+            if process.poll() is not None:
+                tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
+                raise ConnectServerError(
+                    f"Spark Connect server exited ({process.returncode}): {' | '.join(tail)}"
+                )
+            if time.monotonic() - started > START_TIMEOUT:
+                _stop_group(process.pid)
+                raise ConnectServerError(
+                    f"Spark Connect server did not answer within {START_TIMEOUT:.0f} s; "
+                    f"see {log_path}"
+                )
+            time.sleep(0.5)
+    finally:
+        os.unlink(properties)
+    record = {
+        "url": f"sc://127.0.0.1:{port}",
+        "pid": process.pid,
+        "host": socket.gethostname(),
+        "started_at": utc_now(),
+        "log": str(log_path),
+        "ttl_seconds": ttl_seconds,
+    }
+    lake.write_json(server_record(run_id), record)
+    say(
+        f"Spark Connect server up at {record['url']} (pid {process.pid}) in "
+        f"{time.monotonic() - started:.1f} s"
+    )
+    return record
+
+
+def usable_server(lake: Lake, run_id: str) -> dict[str, Any] | None:
+    """The run's server when it runs on this host, is alive and answers; else None."""
+    record = lake.read_record(server_record(run_id))
+    if not record or record.get("stopped_at") or record.get("host") != socket.gethostname():
+        return None
+    port = int(str(record["url"]).rsplit(":", 1)[1])
+    if not _alive(int(record["pid"])) or not _answers(port):
+        return None
+    return record
+
+
+def _stop_group(pid: int, timeout: float = 20.0) -> bool:
+    """SIGTERM the process group, SIGKILL after `timeout`; whether it was running."""
+    try:
+        os.killpg(pid, signal.SIGTERM)
+    except ProcessLookupError:
+        return False
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            break
+        try:  # reap it when it is our child (spark.start and spark.stop in one process)
+            os.waitpid(pid, os.WNOHANG)
+        except ChildProcessError:
+            pass
+        time.sleep(0.2)
+    else:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return True
+
+
+def stop_server(config: PipelineConfig, run_id: str, say: Callable[[str], Any] = log.info) -> bool:
+    """Stop the run's server (if any, on this host); whether one was stopped."""
+    lake = Lake(config.lake)
+    record = lake.read_record(server_record(run_id))
+    if not record or record.get("stopped_at"):
+        say(f"no Spark Connect server recorded for run {run_id}")
+        return False
+    if record.get("host") != socket.gethostname():
+        say(f"the Spark Connect server runs on {record.get('host')}, not here: not stopped")
+        return False
+    stopped = _stop_group(int(record["pid"]))
+    lake.write_json(server_record(run_id), {**record, "stopped_at": utc_now()})
+    say(f"Spark Connect server (pid {record['pid']}) {'stopped' if stopped else 'was gone'}")
+    return stopped
+
+
+def interrupt_session(url: str, say: Callable[[str], Any] = log.info) -> None:
+    """Interrupt every operation of a Spark Connect session (url with ``;session_id=``)."""
+    try:
+        from pyspark.sql import SparkSession
+
+        session = SparkSession.builder.remote(url).create()
+        interrupted = session.interruptAll()
+        say(f"interrupted {len(interrupted)} Spark operation(s) on the server")
+    except Exception as exc:  # the server or session may be gone already
+        say(f"could not interrupt the Spark Connect session: {exc}")

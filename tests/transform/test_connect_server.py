@@ -1,0 +1,97 @@
+"""The run's Spark Connect server: one JVM for every per-model task of a run (local mode).
+
+A real server from the pyspark installation on 127.0.0.1; each stage runs as the DAG runs it,
+``python -m raw2gold.transform.job --tables <one table>`` with the server's URL in its
+environment, so no task starts a JVM of its own. Stopped by PID at the end.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from raw2gold.config.loader import gold_order, load_pipeline
+from raw2gold.lake.layout import Lake
+from raw2gold.transform.connect import (
+    REMOTE_ENV,
+    server_record,
+    start_server,
+    stop_server,
+    usable_server,
+)
+from raw2gold.transform.job import stage_record
+from tests.transform.rawdata import categories, shop_records, write_raw_run
+from tests.transform.reference import assert_gold_matches_reference
+
+T0 = datetime(2026, 1, 8, 6, tzinfo=UTC)
+
+
+def _job(pipeline: Path, lake: Path, env: dict[str, str], stage: str, table: str | None) -> str:
+    cmd = [sys.executable, "-m", "raw2gold.transform.job", "--pipeline", str(pipeline)]
+    cmd += ["--lake", str(lake), "--stage", stage, "--run-id", "run1"]
+    cmd += ["--tables", table] if table else []
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return done.stderr
+
+
+def test_per_model_tasks_share_one_server(tmp_path: Path, shop_pipeline: Path) -> None:
+    lake_dir = tmp_path / "lake"
+    config = load_pipeline(shop_pipeline, str(lake_dir))
+    lake = Lake(config.lake)
+    write_raw_run(lake, "faker", "r1", shop_records(), T0)
+    write_raw_run(lake, "catalog_csv", "c1", {"make_categories": categories()}, T0)
+
+    record = start_server(config, "run1", ttl_seconds=900)
+    pid = record["pid"]
+    try:
+        assert record["url"].startswith("sc://127.0.0.1:")
+        assert usable_server(lake, "run1") == record
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode().split("\0")
+        assert cmdline[:3] == ["timeout", "--kill-after=30", "900s"]  # no orphan past the run
+        # Settings (credentials on S3 lakes) travel in a 0600 properties file, not on the line.
+        assert "--properties-file" in cmdline
+        assert not any(part.startswith(("spark.jars", "spark.hadoop")) for part in cmdline)
+
+        env = {**os.environ, REMOTE_ENV: record["url"]}
+        logs = [_job(shop_pipeline, lake_dir, env, "processed", t) for t in config.processed]
+        logs += [_job(shop_pipeline, lake_dir, env, "gold", m) for m in gold_order(config)]
+        logs += [_job(shop_pipeline, lake_dir, env, "check", m) for m in config.gold]
+        logs.append(_job(shop_pipeline, lake_dir, env, "publish", None))
+        assert all("connecting to the run's Spark Connect server" in log for log in logs)
+        assert not any("starting Spark local" in log for log in logs)  # no JVM per task
+
+        assert_gold_matches_reference(config)
+        # One record per task, merged per stage for the summary and for publish.
+        gold = stage_record(lake, "run1", "gold")
+        assert gold is not None and set(gold["gold"]) == set(config.gold)
+        assert gold["parts"] == [[m] for m in sorted(config.gold)]
+        checks = stage_record(lake, "run1", "check")
+        assert checks is not None and checks["status"] == "succeeded"
+        assert {c["table"] for c in checks["checks"]} == set(config.gold)
+    finally:
+        assert stop_server(config, "run1")
+    with pytest.raises(ProcessLookupError):
+        os.kill(pid, 0)
+    assert lake.read_record(server_record("run1"))["stopped_at"]  # type: ignore[index]
+    assert usable_server(lake, "run1") is None
+    assert not stop_server(config, "run1")  # stopping twice is harmless
+
+
+def test_publish_waits_for_every_models_checks(tmp_path: Path, shop_pipeline: Path) -> None:
+    """Publishing refuses while a model's per-model check task has not passed."""
+    from raw2gold.publish.publisher import PublishError, publish
+
+    config = load_pipeline(shop_pipeline, str(tmp_path / "lake"))
+    lake = Lake(config.lake)
+    lake.write_json(
+        lake.run_record("r", "check.top_products"),
+        {"status": "succeeded", "tables": ["top_products"], "checks": []},
+    )
+    with pytest.raises(PublishError, match="customer_lifetime_value, daily_category_revenue"):
+        publish(None, config, "r")  # type: ignore[arg-type]
