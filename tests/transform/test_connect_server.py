@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -95,3 +96,51 @@ def test_publish_waits_for_every_models_checks(tmp_path: Path, shop_pipeline: Pa
     )
     with pytest.raises(PublishError, match="customer_lifetime_value, daily_category_revenue"):
         publish(None, config, "r")  # type: ignore[arg-type]
+
+
+LONG_QUERY = """
+import os, sys
+from pyspark.sql import SparkSession
+session = SparkSession.builder.remote(sys.argv[1]).create()
+try:
+    session.range(10**12).where("id % 1000003 = 17").count()  # hours of work
+    print("finished")
+except Exception as exc:
+    print("stopped:", exc)
+sys.stdout.flush()
+os._exit(0)
+"""
+
+
+def test_a_killed_tasks_queries_stop_on_the_shared_server(
+    tmp_path: Path, shop_pipeline: Path
+) -> None:
+    """What SparkStageOperator.on_kill does on the server: interrupt the task's own session.
+
+    The task's job is a client process with a long query; the server stays up for the others.
+    """
+    import uuid
+
+    from pyspark.sql import SparkSession
+
+    from raw2gold.transform.connect import interrupt_session
+
+    config = load_pipeline(shop_pipeline, str(tmp_path / "lake"))
+    record = start_server(config, "run-kill", ttl_seconds=600)
+    try:
+        url = f"{record['url']}/;session_id={uuid.uuid4()}"
+        job = subprocess.Popen(
+            [sys.executable, "-c", LONG_QUERY, url], stdout=subprocess.PIPE, text=True
+        )
+        time.sleep(8)
+        assert job.poll() is None
+        said: list[str] = []
+        interrupt_session(url, said.append)
+        out, _ = job.communicate(timeout=60)
+        assert said == ["interrupted 1 Spark operation(s) on the server"]
+        assert out.startswith("stopped:") and "finished" not in out
+        other = SparkSession.builder.remote(record["url"]).create()
+        assert other.range(3).count() == 3
+        other.stop()  # before the server: a client of a stopped server retries for minutes
+    finally:
+        stop_server(config, "run-kill")

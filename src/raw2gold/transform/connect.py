@@ -207,12 +207,22 @@ def stop_server(config: PipelineConfig, run_id: str, say: Callable[[str], Any] =
 
 
 def interrupt_session(url: str, say: Callable[[str], Any] = log.info) -> None:
-    """Interrupt every operation of a Spark Connect session (url with ``;session_id=``)."""
+    """Interrupt every operation of a Spark Connect session (url with ``;session_id=``).
+
+    Skipped when the server does not answer: the client would retry for minutes.
+    """
+    port = int(url.split("/;")[0].rsplit(":", 1)[1])
+    if not _answers(port):
+        say("the Spark Connect server is gone: nothing to interrupt")
+        return
     try:
         from pyspark.sql import SparkSession
 
         session = SparkSession.builder.remote(url).create()
-        interrupted = session.interruptAll()
-        say(f"interrupted {len(interrupted)} Spark operation(s) on the server")
+        try:
+            interrupted = session.interruptAll()
+            say(f"interrupted {len(interrupted)} Spark operation(s) on the server")
+        finally:
+            session.stop()  # also releases the task's session on the server
     except Exception as exc:  # the server or session may be gone already
         say(f"could not interrupt the Spark Connect session: {exc}")
