@@ -123,7 +123,7 @@ def test_a_killed_tasks_queries_stop_on_the_shared_server(
 
     from pyspark.sql import SparkSession
 
-    from raw2gold.transform.connect import interrupt_session
+    from raw2gold.transform.connect import connect_mode_contained, interrupt_session
 
     config = load_pipeline(shop_pipeline, str(tmp_path / "lake"))
     record = start_server(config, "run-kill", ttl_seconds=600)
@@ -139,8 +139,10 @@ def test_a_killed_tasks_queries_stop_on_the_shared_server(
         out, _ = job.communicate(timeout=60)
         assert said == ["interrupted 1 Spark operation(s) on the server"]
         assert out.startswith("stopped:") and "finished" not in out
-        other = SparkSession.builder.remote(record["url"]).create()
-        assert other.range(3).count() == 3
-        other.stop()  # before the server: a client of a stopped server retries for minutes
+        with connect_mode_contained():  # later tests start classic Spark in children
+            other = SparkSession.builder.remote(record["url"]).create()
+            assert other.range(3).count() == 3
+            other.stop()  # before the server: a client of a stopped server retries minutes
+        assert "SPARK_CONNECT_MODE_ENABLED" not in os.environ
     finally:
         stop_server(config, "run-kill")

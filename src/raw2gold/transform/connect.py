@@ -22,7 +22,8 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ log = logging.getLogger(__name__)
 
 SERVER_CLASS = "org.apache.spark.sql.connect.service.SparkConnectServer"
 REMOTE_ENV = "RAW2GOLD_SPARK_REMOTE"
+CONNECT_ENV = ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE")
 START_TIMEOUT = 180.0
 
 
@@ -218,11 +220,31 @@ def interrupt_session(url: str, say: Callable[[str], Any] = log.info) -> None:
     try:
         from pyspark.sql import SparkSession
 
-        session = SparkSession.builder.remote(url).create()
-        try:
-            interrupted = session.interruptAll()
-            say(f"interrupted {len(interrupted)} Spark operation(s) on the server")
-        finally:
-            session.stop()  # also releases the task's session on the server
+        with connect_mode_contained():
+            session = SparkSession.builder.remote(url).create()
+            try:
+                interrupted = session.interruptAll()
+                say(f"interrupted {len(interrupted)} Spark operation(s) on the server")
+            finally:
+                session.stop()  # also releases the task's session on the server
     except Exception as exc:  # the server or session may be gone already
         say(f"could not interrupt the Spark Connect session: {exc}")
+
+
+@contextmanager
+def connect_mode_contained() -> Iterator[None]:
+    """Undo what creating a Spark Connect session does to ``os.environ``.
+
+    pyspark sets SPARK_CONNECT_MODE_ENABLED=1 in the process environment, which every later
+    child inherits: a spark-submit driver started afterwards would then refuse to start
+    classic Spark (CONNECT_URL_NOT_SET).
+    """
+    saved = {key: os.environ.get(key) for key in CONNECT_ENV}
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value

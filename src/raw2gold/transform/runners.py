@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from raw2gold.config.models import PipelineConfig
+from raw2gold.transform.connect import CONNECT_ENV
 
 if TYPE_CHECKING:
     import paramiko
@@ -151,6 +152,8 @@ class LocalRunner(StageRunner):
     def run(self, run_id: str, full_refresh: bool = False) -> dict[str, Any]:
         cmd = self.command(run_id, full_refresh)
         env = {**os.environ, "SPARK_LOCAL_IP": os.environ.get("SPARK_LOCAL_IP", "127.0.0.1")}
+        for key in CONNECT_ENV:  # Spark Connect only when self.env names the run's server
+            env.pop(key, None)
         env.update(self.env)
         self.log.info("running: %s", shlex.join(cmd))
         self.process = subprocess.Popen(
