@@ -29,6 +29,7 @@ from raw2gold.orchestrate.local_run import DAGS_FOLDER, raw2gold_home
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 CONNECTOR_POOL = "raw2gold_connectors"
 CONNECTOR_POOL_SLOTS = 2
+POOL_ATTEMPTS = 5  # pool creation retried on 5xx (1+2+4+8 s of waits at most)
 DB_URL_ENV = "RAW2GOLD_AIRFLOW_DB_URL"
 ADMIN = "admin"
 INSTANCE_ENV = "RAW2GOLD_AIRFLOW_INSTANCE"
@@ -581,7 +582,12 @@ class AirflowClient:
             "description": "raw2gold connector tasks",
             "include_deferred": False,
         }
-        reply = self.request("POST", "/api/v2/pools", json=body)
+        for attempt in range(POOL_ATTEMPTS):
+            # Right after start, SQLite can be locked by the other components: a 5xx that passes.
+            reply = self.request("POST", "/api/v2/pools", json=body)
+            if reply.status_code < 500:
+                break
+            time.sleep(2**attempt)
         if reply.status_code == 409:
             self.call("PATCH", f"/api/v2/pools/{name}", json=body)
         elif reply.status_code >= 400:
