@@ -8,16 +8,17 @@ session. ``spark.stop`` stops it by PID (SIGTERM, then SIGKILL), whatever happen
 
 The server is recorded in ``_state/runs/<run_id>/spark_server.json`` (URL, PID, host). A task
 uses it only when it runs on that host and the server answers; otherwise it starts its own JVM
-as before, so a retry after a lost server still works. The server runs under ``timeout`` with
-the run's longest possible Spark time, so even a run that never reaches ``spark.stop`` leaves
-no JVM behind. All settings, credentials included, go through a 0600 properties file that is
-deleted once the server is up, never the command line.
+as before, so a retry after a lost server still works. The server runs under coreutils
+``timeout`` (where it exists) with the run's longest possible Spark time, so even a run that
+never reaches ``spark.stop`` leaves no JVM behind. All settings, credentials included, go
+through a 0600 properties file that is deleted once the server is up, never the command line.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -74,10 +75,10 @@ def server_command(config: PipelineConfig, port: int, properties: str, ttl: int)
     """The command line of the server: no setting values on it, they are in ``properties``."""
     from raw2gold.transform.runners import spark_submit_binary
 
+    # coreutils `timeout` bounds the server's life (not on stock macOS: then spark.stop alone).
+    limit = ["timeout", "--kill-after=30", f"{ttl}s"] if shutil.which("timeout") else []
     return [
-        "timeout",
-        "--kill-after=30",
-        f"{ttl}s",
+        *limit,
         spark_submit_binary(),
         "--class",
         SERVER_CLASS,
@@ -115,16 +116,16 @@ def start_server(
     log_path = log_dir / f"spark-connect-{config.name}-{run_id}.log"
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     started = time.monotonic()
-    with open(log_path, "ab") as out:
-        process = subprocess.Popen(
-            server_command(config, port, properties, ttl_seconds),
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            stdin=subprocess.DEVNULL,
-            env=env,
-            start_new_session=True,  # its own process group: outlives this task, stopped by PID
-        )
     try:
+        with open(log_path, "ab") as out:
+            process = subprocess.Popen(
+                server_command(config, port, properties, ttl_seconds),
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                env=env,
+                start_new_session=True,  # own process group: outlives this task, stopped by PID
+            )
         while not _answers(port):
             if process.poll() is not None:
                 tail = log_path.read_text(errors="replace").strip().splitlines()[-3:]
