@@ -176,9 +176,9 @@ def test_full_refresh_and_a_changed_model_rebuild_in_full(shop: Any, spark: Any)
     daily = shop.config.gold[DAILY]
     fewer_checks = daily.model_copy(update={"checks": daily.checks[:1]})
     changed = shop.config.model_copy(update={"gold": {**shop.config.gold, DAILY: fewer_checks}})
-    plan = plan_build(changed, DAILY, "run8", False, {})
+    plan = plan_build(changed, DAILY, "run8", False)
     assert (plan.mode, plan.reason) == ("full", "the model or its config changed")
-    assert plan_build(shop.config, DAILY, "run8", False, {}).mode == "unchanged"
+    assert plan_build(shop.config, DAILY, "run8", False).mode == "unchanged"
 
 
 def _gold_days(shop: Any) -> set[date]:

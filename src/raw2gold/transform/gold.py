@@ -230,10 +230,8 @@ def _merges_only(lake: Lake, table: str, since: str, now: str) -> bool:
     return True
 
 
-def _rebuilt_in_run(lake: Lake, run_id: str, table: str, plans: dict[str, BuildPlan]) -> bool:
-    """Whether this run rebuilds a gold table (planned here, or by another task of the run)."""
-    if table in plans:
-        return plans[table].mode != "unchanged"
+def _rebuilt_in_run(lake: Lake, run_id: str, table: str) -> bool:
+    """Whether this run rebuilds a gold table (its build record, written before dependants)."""
     build = staged_build(lake, run_id, table)
     return build is not None and build["mode"] != "unchanged"
 
@@ -243,7 +241,6 @@ def plan_build(
     table: str,
     run_id: str,
     full_refresh: bool,
-    plans: dict[str, BuildPlan],
 ) -> BuildPlan:
     """Decide how to build a gold table: unchanged, incremental (changed groups) or full.
 
@@ -259,7 +256,7 @@ def plan_build(
     for name in refs:
         if name in config.processed:
             inputs[name] = str(log_version(lake, lake.processed_table(name)))
-        elif _rebuilt_in_run(lake, run_id, name, plans):
+        elif _rebuilt_in_run(lake, run_id, name):
             inputs[name] = f"run:{run_id}"
         else:
             upstream = last_publish(lake, config, name)
@@ -371,14 +368,12 @@ def build_gold(
     """
     lake = Lake(config.lake)
     ref = make_ref(spark, config, run_id)
-    plans: dict[str, BuildPlan] = {}
     results = []
     for table in gold_order(config):
         if tables is not None and table not in tables:
             continue
         started = time.monotonic()
-        plan = plan_build(config, table, run_id, full_refresh, plans)
-        plans[table] = plan
+        plan = plan_build(config, table, run_id, full_refresh)
         lake.delete_file(lake.staging_build(run_id, table))
         staging = lake.staging_gold(run_id, table)
         groups = -1
