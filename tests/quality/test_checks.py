@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from raw2gold.config.models import CheckConfig
-from raw2gold.quality.checks import CheckFailed, enforce, run_checks
+from raw2gold.quality.checks import CheckFailed, CheckScope, enforce, run_checks
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +103,49 @@ def test_freshness_of_the_newest_value(spark: Any) -> None:
     assert not old.passed and old.message == "newest at is 30.0 h old (max 6 h)"
     assert old.sample[0]["age_hours"] == pytest.approx(30, abs=0.1)
     assert not none.passed and none.message == "no at value: the table is empty"
+
+
+def test_an_incremental_build_checks_only_what_its_rebuilt_groups_can_break(
+    spark: Any, tables: dict[str, Any]
+) -> None:
+    """The rows outside the rebuilt groups were published after passing the same checks: row
+    checks, unique on columns that include the groups' columns, and relationships to a table
+    that only gained rows read just the rebuilt rows; the rest still reads the whole table."""
+    orders = tables["orders"]
+    rebuilt = orders.where("customer = 1")  # ids 1, 5, 9 and the extra (10, 1, NULL, -1.0)
+    checks = [
+        CheckConfig(type="not_null", columns=["status"]),
+        CheckConfig(type="accepted_values", columns=["status"], values=["ok"]),
+        CheckConfig(type="expression", expression="amount >= 0"),
+        CheckConfig(type="unique", columns=["customer", "id"]),
+        CheckConfig(type="unique", columns=["id"]),  # not per group: the whole table
+        CheckConfig(type="relationships", columns=["customer"], to="customers.id"),
+        CheckConfig(type="row_count", max_change_percent=10),
+    ]
+    scope = CheckScope(
+        rows=lambda: 42,
+        previous_rows=lambda: 40,
+        changed=rebuilt,
+        group_by=("customer",),
+        stable=frozenset({"customers"}),
+    )
+    results = run_checks(spark, "orders", orders, checks, tables.__getitem__, scope=scope)
+    got = [(r.check, r.passed, r.failing_rows) for r in results]
+    assert got == [
+        ("not_null(status)", False, 1),
+        ("accepted_values(status)", False, 1),  # id 10 'bad' is outside: published before
+        ("expression(amount >= 0)", False, 1),
+        ("unique(customer,id)", True, 0),
+        ("unique(id)", False, 2),
+        ("relationships(customer)", True, 0),  # the orphan (customer 99) was published before
+        ("row_count", True, 0),
+    ]
+    assert results[1].sample == [{"id": 5, "customer": 1, "status": "bad", "amount": 5.0}]
+    assert "rebuilt groups checked" in results[0].message
+    assert "rebuilt groups checked" not in results[4].message
+    assert "42" in results[6].message and "5.0% change vs previous 40 rows" in results[6].message
+
+    # a relationships target that may have lost rows is checked in full
+    unstable = CheckScope(changed=rebuilt, group_by=("customer",))
+    orphan = run_checks(spark, "orders", orders, checks[5:6], tables.__getitem__, scope=unstable)
+    assert (orphan[0].passed, orphan[0].failing_rows) == (False, 1)

@@ -107,6 +107,16 @@ def test_changed_purchases_rebuild_only_their_days_and_customers(shop: Any, spar
         TOP: ("full", "changed: purchases", -1),
     }
     assert_gold_matches_reference(shop.config)
+    rebuilt_only = {
+        c["check"] for c in summaries["check"]["checks"] if "rebuilt groups" in c["message"]
+    }
+    assert rebuilt_only == {
+        "not_null(purchase_date,category,revenue)",
+        "unique(purchase_date,category)",
+        "expression(revenue >= 0 AND purchases > 0)",
+        "unique(user_id)",
+        "relationships(user_id)",
+    }
     # The Delta commit rewrote only the rebuilt days' partitions.
     assert _partitions_written(shop.lake, DAILY) <= {d.isoformat() for d in days}
     assert summaries["publish"]["gold"][DAILY]["action"] == "published"
@@ -147,6 +157,10 @@ def test_unchanged_inputs_publish_nothing(shop: Any, spark: Any) -> None:
     )
     assert {g["action"] for g in summaries["publish"]["gold"].values()} == {"unchanged"}
     assert all(c["passed"] for c in summaries["check"]["checks"])  # checks still run
+    # processed users has not changed since run2 checked it: its results are carried over
+    users = [c for c in summaries["transform"]["checks"] if c["table"] == "users"]
+    assert len(users) == 3
+    assert all(c["passed"] and c["message"].endswith("checked by run run2") for c in users)
     assert _gold_state(shop) == before
     assert_gold_matches_reference(shop.config)
 

@@ -8,6 +8,7 @@ gold/<table>/                             Delta, or Parquet: version=<run_id>/ +
 quarantine/<table>/                       Delta: rejected rows with the reason
 _state/sources/<source>.json              connector state of the last committed run
 _state/runs/<run_id>/                     run bookkeeping (stage summaries)
+_state/checks/processed/<table>.json      check results of a processed table's newest version
 _staging/<run_id>/gold/<table>/           gold built and checked, not yet published
 _staging/<run_id>/builds/<table>.json      how it was built (full | incremental | unchanged)
 ```
@@ -157,6 +158,11 @@ class Lake:
     @staticmethod
     def run_record(run_id: str, name: str) -> str:
         return f"_state/runs/{run_id}/{name}.json"
+
+    @staticmethod
+    def checked_version(table: str) -> str:
+        """The newest check results of a processed table, with the Delta version they checked."""
+        return f"_state/checks/processed/{table}.json"
 
     @staticmethod
     def staging_gold(run_id: str, table: str) -> str:

@@ -33,7 +33,6 @@ from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.transform.delta import (
     commit_metadata,
     delta_ref,
-    history,
     is_delta,
     log_version,
     newest_metadata,
@@ -139,11 +138,9 @@ def _publish_delta(
     model = config.gold[table]
     relative = lake.gold_table(table)
     uri = lake.spark_uri(relative)
-    if is_delta(lake, relative):
-        for commit in history(spark, uri):
-            meta = commit["metadata"]
-            if isinstance(meta, dict) and meta.get("raw2gold_run_id") == run_id:
-                return "already_published", str(commit["version"])
+    done = newest_metadata(lake, relative, "raw2gold_run_id", look_back=1000, value=run_id)
+    if done is not None:
+        return "already_published", str(done[0])
     if incremental:
         _replace_groups(spark, config, run_id, table, uri, df, metadata)
     elif model.mode == "merge" and is_delta(lake, relative):
@@ -171,7 +168,7 @@ def _publish_delta(
             writer = writer.partitionBy(*model.partition_by)
         with commit_metadata(spark, metadata):
             writer.save(uri)
-    return "published", str(history(spark, uri)[0]["version"])
+    return "published", str(log_version(lake, relative))
 
 
 def _partition_predicate(
@@ -345,6 +342,7 @@ def publish(
         {"table": c["table"], "check": c["check"], "passed": c["passed"]}
         for c in (checks or {}).get("checks", [])
     ]
+    checked_rows: dict[str, Any] = (checks or {}).get("rows") or {}
     base = lineage(spark, config, run_id)
     results = []
     for table in gold_order(config):
@@ -371,7 +369,10 @@ def publish(
         incremental = build["mode"] == "incremental"
         df = read_staged(spark, config, run_id, table)
         whole = prospective(spark, config, run_id, table) if incremental else df
-        rows = whole.count()
+        counted = checked_rows.get(table)
+        if counted is None and not incremental and build.get("rows") is not None:
+            counted = int(build["rows"])
+        rows = int(counted) if counted is not None else whole.count()
         metadata = {
             **base,
             "raw2gold_run_id": run_id,

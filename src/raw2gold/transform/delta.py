@@ -75,9 +75,10 @@ def log_commit(lake: Lake, relative: str, version: int) -> dict[str, Any] | None
 
 
 def newest_metadata(
-    lake: Lake, relative: str, key: str, look_back: int = 50
+    lake: Lake, relative: str, key: str, look_back: int = 50, value: Any = None
 ) -> tuple[int, dict[str, Any]] | None:
-    """The newest commit whose JSON userMetadata has ``key``: (version, metadata), or None.
+    """The newest commit whose JSON userMetadata has ``key`` (equal to ``value`` when given):
+    (version, metadata), or None.
 
     Walks back at most ``look_back`` commits from the newest, reading log files without Spark.
     """
@@ -85,8 +86,102 @@ def newest_metadata(
     for version in range(newest, max(newest - look_back, -1), -1):
         metadata = (log_commit(lake, relative, version) or {}).get("metadata")
         if isinstance(metadata, dict) and key in metadata:
-            return version, metadata
+            if value is None or metadata[key] == value:
+                return version, metadata
     return None
+
+
+def _file_key(action: dict[str, Any]) -> tuple[str, str]:
+    """A file's identity in a snapshot: its path and its deletion vector, if any."""
+    vector = action.get("deletionVector")
+    if not isinstance(vector, dict):
+        return action["path"], ""
+    return action[
+        "path"
+    ], f"{vector.get('storageType')}{vector.get('pathOrInlineDv')}@{vector.get('offset')}"
+
+
+def _live_rows(adds: dict[Any, dict[str, Any]]) -> int | None:
+    """Rows of a snapshot's add actions: stats numRecords less deletion-vector rows."""
+    total = 0
+    for add in adds.values():
+        stats = add.get("stats")
+        if isinstance(stats, str):
+            stats = json.loads(stats) if stats else None
+        if not isinstance(stats, dict) or stats.get("numRecords") is None:
+            return None
+        total += int(stats["numRecords"])
+        vector = add.get("deletionVector")
+        if isinstance(vector, dict):
+            total -= int(vector.get("cardinality") or 0)
+    return total
+
+
+def _checkpoint_adds(
+    lake: Lake, log_dir: str, version: int
+) -> dict[tuple[str, str], dict[str, Any]] | None:
+    """The add actions of a classic single-file checkpoint (None when it is not one)."""
+    import pyarrow.parquet as pq
+
+    path = f"{log_dir}/{version:020d}.checkpoint.parquet"
+    if not lake.exists(path):
+        return None
+    table = pq.read_table(lake.path(path), columns=["add"], filesystem=lake.fs)
+    return {_file_key(a): a for a in table.column("add").to_pylist() if a is not None}
+
+
+def log_row_count(lake: Lake, relative: str, version: int | None = None) -> int | None:
+    """Rows of a Delta table at a version (default: the newest), from its log without Spark.
+
+    Sums the ``numRecords`` statistics of the live files: from the version's checksum file when
+    it lists them, else by replaying the newest classic checkpoint and the commits after it.
+    None when the log does not allow it (missing statistics, multi-part or v2 checkpoints, log
+    files cleaned up); callers then count with Spark.
+    """
+    log_dir = f"{relative}/_delta_log"
+    names = [n.rsplit("/", 1)[-1] for n in lake.list_files(log_dir)]
+    versions = [int(n.split(".")[0]) for n in names if n.endswith(".json") and n[:20].isdigit()]
+    newest = max(versions, default=-1)
+    version = newest if version is None else version
+    if version < 0 or version > newest:
+        return None
+    if f"{version:020d}.crc" in names:
+        with lake.fs.open_input_stream(lake.path(f"{log_dir}/{version:020d}.crc")) as stream:
+            checksum = json.loads(stream.read().decode("utf-8"))
+        files = checksum.get("allFiles")
+        if isinstance(files, list) and len(files) == checksum.get("numFiles"):
+            return _live_rows({_file_key(f): f for f in files})
+    checkpoints = [
+        int(n[:20]) for n in names if n.endswith(".checkpoint.parquet") and n[:20].isdigit()
+    ]
+    start = max((c for c in checkpoints if c <= version), default=-1)
+    adds = _checkpoint_adds(lake, log_dir, start) if start >= 0 else {}
+    if adds is None:
+        return None
+    for commit in range(start + 1, version + 1):
+        path = f"{log_dir}/{commit:020d}.json"
+        if not lake.exists(path):
+            return None
+        with lake.fs.open_input_stream(lake.path(path)) as stream:
+            lines = stream.read().decode("utf-8").splitlines()
+        for line in lines:
+            action = json.loads(line) if line.strip() else {}
+            if "add" in action:
+                adds[_file_key(action["add"])] = action["add"]
+            elif "remove" in action:
+                adds.pop(_file_key(action["remove"]), None)
+    return _live_rows(adds)
+
+
+def table_rows(spark: SparkSession, lake: Lake, relative: str, version: int | None = None) -> int:
+    """Rows of a Delta table at a version: from its log (:func:`log_row_count`), else counted."""
+    rows = log_row_count(lake, relative, version)
+    if rows is not None:
+        return rows
+    reader = spark.read.format("delta")
+    if version is not None:
+        reader = reader.option("versionAsOf", version)
+    return int(reader.load(lake.spark_uri(relative)).count())
 
 
 def history(spark: SparkSession, uri: str) -> list[dict[str, Any]]:

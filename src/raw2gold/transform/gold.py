@@ -291,10 +291,32 @@ def plan_build(
     return plan
 
 
+def parquet_rows(lake: Lake, relative: str) -> int:
+    """Rows of a Parquet folder written by Spark, from the files' footers (no Spark job)."""
+    import pyarrow.parquet as pq
+
+    total = 0
+    for path in lake.list_files(relative, ".parquet"):
+        with lake.fs.open_input_file(lake.path(path)) as handle:
+            total += pq.ParquetFile(handle).metadata.num_rows
+    return total
+
+
+@dataclass
+class AffectedGroups:
+    """The groups an incremental build recomputes: how many, and each `by` value's range."""
+
+    count: int
+    # per `by`: lowest and highest value as text (None: no usable range), NULL occurs, SQL type
+    bounds: list[tuple[str | None, str | None, bool, str]]
+
+
 def _write_affected(
     spark: SparkSession, config: PipelineConfig, run_id: str, plan: BuildPlan
-) -> int:
-    """Write the groups that the changed input rows touch (old and new images); their count."""
+) -> AffectedGroups:
+    """Write the groups that the changed input rows touch (old and new images)."""
+    from pyspark.sql import functions as F
+
     lake = Lake(config.lake)
     incremental = config.gold[plan.table].incremental
     assert incremental is not None
@@ -317,24 +339,69 @@ def _write_affected(
     assert groups is not None
     relative = lake.staging_affected(run_id, plan.table)
     groups.distinct().write.mode("overwrite").parquet(lake.spark_uri(relative))
-    return read_affected(spark, config, run_id, plan.table).count()
+    count = parquet_rows(lake, relative)
+    if not count:
+        return AffectedGroups(0, [])
+    # Ranges travel as text cast back in Spark (session time zone both ways), for the types
+    # whose text form is exact; others get no range (the semi-join alone selects their rows).
+    from pyspark.sql.types import DateType, DecimalType, IntegralType, StringType, TimestampType
+
+    exact = (DateType, DecimalType, IntegralType, StringType, TimestampType)
+    fields = read_affected(spark, config, run_id, plan.table).schema.fields
+    aggregates = []
+    for f in fields:
+        column = F.col(f.name)
+        aggregates += [
+            F.min(column).cast("string"),
+            F.max(column).cast("string"),
+            F.max(column.isNull().cast("int")),
+        ]
+    row = read_affected(spark, config, run_id, plan.table).agg(*aggregates).collect()[0]
+    bounds = [
+        (
+            row[3 * i] if isinstance(f.dataType, exact) else None,
+            row[3 * i + 1] if isinstance(f.dataType, exact) else None,
+            bool(row[3 * i + 2]),
+            f.dataType.simpleString(),
+        )
+        for i, f in enumerate(fields)
+    ]
+    return AffectedGroups(count, bounds)
 
 
 def _group_filtered(
-    spark: SparkSession, config: PipelineConfig, run_id: str, table: str, ref: Ref
+    spark: SparkSession,
+    config: PipelineConfig,
+    run_id: str,
+    table: str,
+    ref: Ref,
+    affected: AffectedGroups,
 ) -> Ref:
-    """ref() for an incremental build: each listed input keeps only the rows of the groups."""
+    """ref() for an incremental build: each listed input keeps only the rows of the groups.
+
+    Besides the exact (semi-join) match, each group expression is bounded by the groups'
+    lowest and highest value, a filter Spark can push into the scan (casts of timestamps to
+    dates are unwrapped), so Delta skips files whose statistics lie outside.
+    """
     from pyspark.sql import functions as F
 
     incremental = config.gold[table].incremental
     assert incremental is not None
-    affected = F.broadcast(read_affected(spark, config, run_id, table))
+    groups = F.broadcast(read_affected(spark, config, run_id, table))
 
     def filtered(name: str) -> DataFrame:
         df = ref(name)
         if name not in incremental.inputs:
             return df
-        return df.join(affected, _by_match(incremental.expressions(name)), "left_semi")
+        for expression, (low, high, nulls, kind) in zip(
+            incremental.expressions(name), affected.bounds, strict=True
+        ):
+            if low is None or high is None:
+                continue
+            value = F.expr(expression)
+            in_range = value.between(F.lit(low).cast(kind), F.lit(high).cast(kind))
+            df = df.where(in_range | value.isNull() if nulls else in_range)
+        return df.join(groups, _by_match(incremental.expressions(name)), "left_semi")
 
     return filtered
 
@@ -377,14 +444,16 @@ def build_gold(
         lake.delete_file(lake.staging_build(run_id, table))
         staging = lake.staging_gold(run_id, table)
         groups = -1
+        affected = AffectedGroups(-1, [])
         if plan.mode == "incremental":
             try:
-                groups = _write_affected(spark, config, run_id, plan)
+                affected = _write_affected(spark, config, run_id, plan)
             except Exception as exc:  # e.g. no change data feed for these versions
                 first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
                 log.warning("gold %s: rebuilding in full, no usable change feed: %s", table, first)
                 plan.mode, plan.reason = "full", f"no usable change feed ({first[:120]})"
             else:
+                groups = affected.count
                 if groups == 0:
                     plan.mode, plan.reason = "unchanged", "inputs changed no rows"
         rows = 0
@@ -393,10 +462,12 @@ def build_gold(
         else:
             model_ref = ref
             if plan.mode == "incremental":
-                model_ref = _group_filtered(spark, config, run_id, table, ref)
+                model_ref = _group_filtered(spark, config, run_id, table, ref, affected)
             _write_staged(spark, config, run_id, table, model_ref)
-            rows = read_staged(spark, config, run_id, table).count()
-        lake.write_json(lake.staging_build(run_id, table), {**plan.as_dict(), "groups": groups})
+            rows = parquet_rows(lake, staging)
+        lake.write_json(
+            lake.staging_build(run_id, table), {**plan.as_dict(), "groups": groups, "rows": rows}
+        )
         results.append(
             GoldResult(
                 table,

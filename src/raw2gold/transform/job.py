@@ -14,24 +14,35 @@ Each stage writes ``_state/runs/<run_id>/<stage>.json`` and prints one final lin
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import re
 import sys
 import time
 import traceback
+from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.loader import load_pipeline
 from raw2gold.config.models import PipelineConfig
 from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.process_exit import exit_now
-from raw2gold.quality.checks import CheckFailed, CheckResult, enforce, failure_message, run_checks
+from raw2gold.quality.checks import (
+    CheckFailed,
+    CheckResult,
+    CheckScope,
+    enforce,
+    failure_message,
+    run_checks,
+)
+from raw2gold.transform.delta import log_version, table_rows
 from raw2gold.transform.gold import build_gold, make_ref, prospective, staged_exists
 from raw2gold.transform.processed import build_processed, read_processed
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import SparkSession
 
 log = logging.getLogger("raw2gold.transform.job")
 
@@ -52,6 +63,17 @@ class StageError(RuntimeError):
         self.summary = summary
 
 
+# Processed checks whose result depends only on the table's version (not on other tables or
+# on the clock): reused while the table and its checks are unchanged.
+REUSABLE = ("not_null", "unique", "accepted_values", "expression", "row_count")
+
+
+def _checks_hash(checks: list[Any]) -> str:
+    return hashlib.sha256(
+        json.dumps([c.model_dump() for c in checks], default=str).encode()
+    ).hexdigest()[:16]
+
+
 def _processed_checks(
     spark: SparkSession,
     config: PipelineConfig,
@@ -59,7 +81,11 @@ def _processed_checks(
     tables: list[str],
     before: dict[str, int],
 ) -> list[CheckResult]:
-    """Checks of processed tables; `before`: each table's Delta version before this run."""
+    """Checks of processed tables; `before`: each table's Delta version before this run.
+
+    A table whose version was already checked (by an earlier run, with the same checks) keeps
+    those results for its version-only checks instead of reading the table again.
+    """
     lake = Lake(config.lake)
     ref = make_ref(spark, config, run_id)
     results: list[CheckResult] = []
@@ -67,45 +93,113 @@ def _processed_checks(
         model = config.processed[table]
         if not model.checks:
             continue
-        version = before.get(table, -1)
-        uri = lake.spark_uri(lake.processed_table(table))
-
-        def previous(uri: str = uri, version: int = version) -> DataFrame | None:
-            if version < 0:
-                return None
-            return spark.read.format("delta").option("versionAsOf", version).load(uri)
-
+        relative = lake.processed_table(table)
+        version = log_version(lake, relative)
+        digest = _checks_hash(model.checks)
+        known = lake.read_record(lake.checked_version(table)) or {}
+        stored: dict[str, dict[str, Any]] = {}
+        if known.get("version") == version and known.get("checks_hash") == digest:
+            stored = {r["check"]: r for r in known.get("results") or []}
+        note = f"version {version} checked by run {known.get('run_id')}"
+        reused = {
+            label: CheckResult(
+                **{**old, "message": "; ".join(filter(None, [old["message"], note]))}
+            )
+            for label, old in stored.items()
+            if old.get("type") in REUSABLE
+        }
+        pending = [c for c in model.checks if c.label not in reused]
+        previous_version = before.get(table, -1)
+        scope = CheckScope(
+            rows=partial(table_rows, spark, lake, relative, version),
+            previous_rows=(
+                partial(table_rows, spark, lake, relative, previous_version)
+                if previous_version >= 0
+                else lambda: None
+            ),
+        )
         df = read_processed(spark, config, table)
-        results += run_checks(spark, table, df, model.checks, ref, previous)
+        fresh = iter(run_checks(spark, table, df, pending, ref, scope=scope))
+        table_results = [reused.get(c.label) or next(fresh) for c in model.checks]
+        record = [stored[r.check] if r.check in reused else r.as_dict() for r in table_results]
+        lake.write_json(
+            lake.checked_version(table),
+            {
+                "version": version,
+                "checks_hash": digest,
+                "run_id": known.get("run_id") if reused else run_id,
+                "results": record,
+            },
+        )
+        results += table_results
     return results
+
+
+def _gold_scope(spark: SparkSession, config: PipelineConfig, run_id: str, table: str) -> CheckScope:
+    """What a gold table's checks know: its rows, the published rows, an incremental build's
+    rebuilt rows and groups, and the processed inputs that only had MERGEs since (stable)."""
+    from raw2gold.publish.publisher import last_publish, read_gold
+    from raw2gold.transform.gold import gold_exists, read_staged, staged_build
+
+    lake = Lake(config.lake)
+    build = staged_build(lake, run_id, table) or {}
+    last = last_publish(lake, config, table)
+
+    def previous_rows() -> int | None:
+        if last and last.get("rows") is not None:
+            return int(last["rows"])
+        if not gold_exists(lake, config, table):
+            return None
+        return int(read_gold(spark, config, table).count())
+
+    def rows() -> int:
+        if build.get("mode") == "full" and build.get("rows") is not None:
+            return int(build["rows"])
+        if build.get("mode") == "unchanged":
+            known = previous_rows()
+            if known is not None:
+                return known
+        return int(prospective(spark, config, run_id, table).count())
+
+    scope = CheckScope(rows=rows, previous_rows=previous_rows)
+    incremental = config.gold[table].incremental
+    if build.get("mode") == "incremental" and incremental is not None:
+        scope.changed = read_staged(spark, config, run_id, table)
+        scope.group_by = tuple(incremental.by)
+        # incremental means every processed input changed by MERGEs only: none lost a row
+        scope.stable = frozenset(n for n in build.get("inputs") or {} if n in config.processed)
+    return scope
 
 
 def _gold_checks(
     spark: SparkSession, config: PipelineConfig, run_id: str, tables: list[str] | None = None
-) -> list[CheckResult]:
-    """Checks of gold as publishing this run would leave it; previous = the published table."""
-    from raw2gold.publish.publisher import read_gold
-    from raw2gold.transform.gold import gold_exists
-
+) -> tuple[list[CheckResult], dict[str, int]]:
+    """Checks of gold as publishing this run would leave it, and each checked table's rows."""
     lake = Lake(config.lake)
     ref = make_ref(spark, config, run_id)
     results: list[CheckResult] = []
+    rows: dict[str, int] = {}
     for table, model in config.gold.items():
         if tables is not None and table not in tables:
             continue
         if not staged_exists(lake, run_id, table):
             raise RuntimeError(f"gold {table} is not staged in run {run_id}: run transform first")
         if model.checks:
+            scope = _gold_scope(spark, config, run_id, table)
+            counted = scope.rows
+            assert counted is not None
+            memo: list[int] = []
 
-            def previous(table: str = table) -> DataFrame | None:
-                return read_gold(spark, config, table) if gold_exists(lake, config, table) else None
+            def remember(counted: Callable[[], int] = counted, memo: list[int] = memo) -> int:
+                if not memo:
+                    memo.append(counted())
+                return memo[0]
 
-            df = prospective(spark, config, run_id, table).cache()
-            try:
-                results += run_checks(spark, table, df, model.checks, ref, previous)
-            finally:
-                df.unpersist()
-    return results
+            scope.rows = remember
+            df = prospective(spark, config, run_id, table)
+            results += run_checks(spark, table, df, model.checks, ref, scope=scope)
+            rows[table] = remember()  # publish records it (free unless incremental)
+    return results, rows
 
 
 def _execute(
@@ -131,8 +225,9 @@ def _execute(
         for g in build_gold(spark, config, run_id, tables, full_refresh):
             summary["gold"][g.table] = {**g.as_dict(), "format": config.gold[g.table].format}
     elif stage == "check":
-        results = _gold_checks(spark, config, run_id, tables)
+        results, rows = _gold_checks(spark, config, run_id, tables)
         summary["checks"] = [c.as_dict() for c in results]
+        summary["rows"] = rows
         enforce(results)
     elif stage == "publish":
         from raw2gold.publish.publisher import lineage, publish
@@ -161,10 +256,18 @@ def stage_record(lake: Lake, run_id: str, stage: str) -> dict[str, Any] | None:
     records = [r for n in sorted(parts) if (r := lake.read_record(f"{folder}/{n}.json"))]
     if not records:
         return None
-    merged: dict[str, Any] = {**records[0], "processed": {}, "gold": {}, "checks": [], "parts": []}
+    merged: dict[str, Any] = {
+        **records[0],
+        "processed": {},
+        "gold": {},
+        "checks": [],
+        "parts": [],
+        "rows": {},
+    }
     for record in records:
         merged["processed"].update(record.get("processed") or {})
         merged["gold"].update(record.get("gold") or {})
+        merged["rows"].update(record.get("rows") or {})
         merged["checks"] += record.get("checks") or []
         merged["parts"].append(record.get("tables") or "all")
         if record.get("status") != "succeeded":

@@ -54,6 +54,7 @@ from raw2gold.transform.delta import (
     newest_metadata,
     quote,
     sql_literal,
+    table_rows,
 )
 
 if TYPE_CHECKING:
@@ -303,8 +304,8 @@ def process_table(
         if pending:
             log.warning("processed %s: raw runs %s hold no files", table, result.raw_runs)
         if exists:
-            result.rows = spark.read.format("delta").load(uri).count()
             result.delta_version = log_version(lake, relative)
+            result.rows = table_rows(spark, lake, relative, result.delta_version)
         result.duration_seconds = round(time.monotonic() - started, 3)
         return result
 
@@ -373,7 +374,7 @@ def process_table(
         commit = log_commit(lake, relative, result.delta_version) or {}
         written = int((commit.get("operationMetrics") or {}).get("numOutputRows", 0))
         result.rows_written = result.rows_inserted = written
-    result.rows = spark.read.format("delta").load(uri).count()
+    result.rows = table_rows(spark, lake, relative, result.delta_version)
     result.duration_seconds = round(time.monotonic() - started, 3)
     log.info("processed %s: %s", table, result)
     return result
