@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +74,19 @@ def test_new_source_column_appears_in_processed_and_a_dropped_one_stays(
     assert rows[1]["loyalty_tier"] == "gold"
     assert rows[7]["loyalty_tier"] is None
     assert len(rows) == 7
+
+    # Only new ids, above every stored one: appended (no MERGE), the same rows a MERGE inserts.
+    newer = [
+        {**users[0], "id": 8, "updated_at": ts(7, 8)},
+        {**users[0], "id": 9, "updated_at": ts(7, 9)},
+        {**users[0], "id": 9, "email": "older@example.com", "updated_at": ts(7, 1)},
+    ]
+    write_raw_run(lake, "faker", "r4", {"users": newer}, T3 + timedelta(days=1))
+    [fourth] = build_processed(spark, config, "run4", tables=["users"])
+    assert (fourth.mode, fourth.rows_inserted, fourth.rows) == ("append", 2, 9)
+    rows = _users(lake_dir, spark)
+    assert rows[9]["email"] == users[0]["email"]  # the latest record of id 9
+    assert rows[8]["loyalty_tier"] is None and rows[1]["loyalty_tier"] == "gold"
 
 
 def test_policy_drop_ignores_and_fail_names_the_stream_and_columns(

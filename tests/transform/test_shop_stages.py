@@ -123,6 +123,7 @@ def test_incremental_updates_late_duplicates_and_quarantine(spark: Any, shop: An
     assert tables["purchases"]["rows_quarantined"] == 1
     assert tables["purchases"]["quarantined"] == 1
     assert tables["purchases"]["rows"] == 130
+    assert (tables["purchases"]["mode"], tables["purchases"]["rows_inserted"]) == ("append", 10)
     assert tables["products"]["mode"] == "unchanged"
     assert tables["make_categories"]["mode"] == "overwrite"
 

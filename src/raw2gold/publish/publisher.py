@@ -34,13 +34,16 @@ from raw2gold.transform.delta import (
     commit_metadata,
     delta_ref,
     is_delta,
+    log_row_count,
     log_version,
     newest_metadata,
     quote,
     sql_literal,
+    table_rows,
 )
 from raw2gold.transform.gold import (
     AFFECTED_PREFIX,
+    parquet_rows,
     prospective,
     read_affected,
     read_staged,
@@ -101,7 +104,12 @@ def last_publish(lake: Lake, config: PipelineConfig, table: str) -> dict[str, An
         meta = (pointer or {}).get("lineage")
         return dict(meta) if isinstance(meta, dict) else None
     found = newest_metadata(lake, lake.gold_table(table), "raw2gold_run_id")
-    return found[1] if found else None
+    if found is None:
+        return None
+    version, meta = found
+    if meta.get("rows") is None:  # an incremental publish leaves the rows to the Delta log
+        meta = {**meta, "rows": log_row_count(lake, lake.gold_table(table), version)}
+    return meta
 
 
 def lineage(spark: SparkSession, config: PipelineConfig, run_id: str) -> dict[str, Any]:
@@ -287,6 +295,8 @@ def _publish_parquet(
     if model.partition_by:
         writer = writer.partitionBy(*model.partition_by)
     writer.parquet(lake.spark_uri(relative))
+    if metadata.get("rows") is None:
+        metadata = {**metadata, "rows": parquet_rows(lake, relative)}
     previous = pointer.get("versions", []) if pointer else []
     versions = [run_id, *[v for v in previous if v != run_id]][:KEEP_VERSIONS]
     entry = {
@@ -368,11 +378,12 @@ def publish(
             continue
         incremental = build["mode"] == "incremental"
         df = read_staged(spark, config, run_id, table)
-        whole = prospective(spark, config, run_id, table) if incremental else df
+        # Rows as the check stage counted them, or the staged rows of a full build; else an
+        # incremental publish reads them after writing (Delta log, Parquet footers).
         counted = checked_rows.get(table)
         if counted is None and not incremental and build.get("rows") is not None:
             counted = int(build["rows"])
-        rows = int(counted) if counted is not None else whole.count()
+        rows = None if counted is None else int(counted)
         metadata = {
             **base,
             "raw2gold_run_id": run_id,
@@ -382,12 +393,19 @@ def publish(
             "published_at": utc_now(),
             "build": {k: build.get(k) for k in BUILD_KEYS},
         }
+        if rows is None:
+            del metadata["rows"]
         if model.format == "delta":
             action, version = _publish_delta(
                 spark, config, lake, table, run_id, df, metadata, incremental
             )
+            if rows is None:
+                rows = table_rows(spark, lake, lake.gold_table(table), int(version))
         else:
+            whole = prospective(spark, config, run_id, table) if incremental else df
             action, version = _publish_parquet(config, lake, table, run_id, whole, metadata)
+            if rows is None:
+                rows = parquet_rows(lake, f"{lake.gold_table(table)}/version={version}")
         results.append(
             PublishResult(
                 table,
@@ -493,7 +511,9 @@ def publish_history(config: PipelineConfig, table: str) -> list[dict[str, Any]]:
                 "version": commit.get("version"),
                 "run_id": meta["raw2gold_run_id"],
                 "published_at": meta.get("published_at"),
-                "rows": meta.get("rows"),
+                "rows": meta["rows"]
+                if meta.get("rows") is not None
+                else log_row_count(lake, lake.gold_table(table), int(commit["version"])),
                 "checks": meta.get("checks", []),
             }
         )

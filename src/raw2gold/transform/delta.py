@@ -101,14 +101,12 @@ def _file_key(action: dict[str, Any]) -> tuple[str, str]:
     ], f"{vector.get('storageType')}{vector.get('pathOrInlineDv')}@{vector.get('offset')}"
 
 
-def _live_rows(adds: dict[Any, dict[str, Any]]) -> int | None:
+def _live_rows(files: list[dict[str, Any]]) -> int | None:
     """Rows of a snapshot's add actions: stats numRecords less deletion-vector rows."""
     total = 0
-    for add in adds.values():
-        stats = add.get("stats")
-        if isinstance(stats, str):
-            stats = json.loads(stats) if stats else None
-        if not isinstance(stats, dict) or stats.get("numRecords") is None:
+    for add in files:
+        stats = file_stats(add)
+        if stats is None or stats.get("numRecords") is None:
             return None
         total += int(stats["numRecords"])
         vector = add.get("deletionVector")
@@ -130,13 +128,13 @@ def _checkpoint_adds(
     return {_file_key(a): a for a in table.column("add").to_pylist() if a is not None}
 
 
-def log_row_count(lake: Lake, relative: str, version: int | None = None) -> int | None:
-    """Rows of a Delta table at a version (default: the newest), from its log without Spark.
-
-    Sums the ``numRecords`` statistics of the live files: from the version's checksum file when
-    it lists them, else by replaying the newest classic checkpoint and the commits after it.
-    None when the log does not allow it (missing statistics, multi-part or v2 checkpoints, log
-    files cleaned up); callers then count with Spark.
+def live_files(
+    lake: Lake, relative: str, version: int | None = None
+) -> list[dict[str, Any]] | None:
+    """The add actions of a Delta table's files at a version (default: the newest), from its
+    log without Spark: the version's checksum file when it lists them, else the newest classic
+    checkpoint replayed with the commits after it. None when the log does not allow it
+    (multi-part or v2 checkpoints, log files cleaned up); callers then ask Spark.
     """
     log_dir = f"{relative}/_delta_log"
     names = [n.rsplit("/", 1)[-1] for n in lake.list_files(log_dir)]
@@ -150,7 +148,7 @@ def log_row_count(lake: Lake, relative: str, version: int | None = None) -> int 
             checksum = json.loads(stream.read().decode("utf-8"))
         files = checksum.get("allFiles")
         if isinstance(files, list) and len(files) == checksum.get("numFiles"):
-            return _live_rows({_file_key(f): f for f in files})
+            return [dict(f) for f in files]
     checkpoints = [
         int(n[:20]) for n in names if n.endswith(".checkpoint.parquet") and n[:20].isdigit()
     ]
@@ -170,7 +168,25 @@ def log_row_count(lake: Lake, relative: str, version: int | None = None) -> int 
                 adds[_file_key(action["add"])] = action["add"]
             elif "remove" in action:
                 adds.pop(_file_key(action["remove"]), None)
-    return _live_rows(adds)
+    return list(adds.values())
+
+
+def file_stats(add: dict[str, Any]) -> dict[str, Any] | None:
+    """The parsed statistics of an add action (numRecords, minValues, maxValues, nullCount)."""
+    stats = add.get("stats")
+    if isinstance(stats, str):
+        stats = json.loads(stats) if stats else None
+    return stats if isinstance(stats, dict) else None
+
+
+def log_row_count(lake: Lake, relative: str, version: int | None = None) -> int | None:
+    """Rows of a Delta table at a version (default: the newest), from its log without Spark.
+
+    Sums the ``numRecords`` statistics of the live files, less deletion-vector rows. None when
+    :func:`live_files` cannot read the log or a file has no statistics.
+    """
+    files = live_files(lake, relative, version)
+    return None if files is None else _live_rows(files)
 
 
 def table_rows(spark: SparkSession, lake: Lake, relative: str, version: int | None = None) -> int:

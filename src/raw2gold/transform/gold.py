@@ -220,12 +220,16 @@ def model_hash(config: PipelineConfig, table: str) -> str:
 
 
 def _merges_only(lake: Lake, table: str, since: str, now: str) -> bool:
-    """Whether every commit of processed `table` after version `since` up to `now` is a MERGE."""
+    """Whether every commit of processed `table` after version `since` up to `now` is one of
+    its MERGEs or appends (which never remove a key), so its change feed names every change."""
     if not (since.isdigit() and now.isdigit()) or int(since) > int(now):
         return False
     for version in range(int(since) + 1, int(now) + 1):
-        commit = log_commit(lake, lake.processed_table(table), version)
-        if commit is None or commit.get("operation") != "MERGE":
+        commit = log_commit(lake, lake.processed_table(table), version) or {}
+        append = (commit.get("operationParameters") or {}).get("mode") == "Append"
+        if not (
+            commit.get("operation") == "MERGE" or commit.get("operation") == "WRITE" and append
+        ):
             return False
     return True
 

@@ -198,7 +198,8 @@ def _gold_checks(
             scope.rows = remember
             df = prospective(spark, config, run_id, table)
             results += run_checks(spark, table, df, model.checks, ref, scope=scope)
-            rows[table] = remember()  # publish records it (free unless incremental)
+            if memo:  # publish records it instead of counting again
+                rows[table] = memo[0]
     return results, rows
 
 

@@ -48,7 +48,9 @@ from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.transform.delta import (
     commit_metadata,
     delta_ref,
+    file_stats,
     is_delta,
+    live_files,
     log_commit,
     log_version,
     newest_metadata,
@@ -237,28 +239,56 @@ def _read_raw(spark: SparkSession, lake: Lake, stream: str, manifests: list[dict
     return spark.read.option("mergeSchema", "true").parquet(*files)
 
 
-def key_bounds(incoming: DataFrame, keys: list[str]) -> list[str]:
-    """Target-only range predicates on integer and string keys: ``t.k BETWEEN min AND max``.
-
-    Every incoming key lies in its range, so the MERGE matches the same rows; Delta uses the
-    predicates to skip target files whose key statistics lie outside (e.g. new, growing ids).
-    """
+def key_bounds(incoming: DataFrame, keys: list[str]) -> dict[str, tuple[Any, Any]]:
+    """The lowest and highest incoming value of each integer or string key."""
     from pyspark.sql import functions as F
     from pyspark.sql.types import IntegralType, StringType
 
     types = {f.name: f.dataType for f in incoming.schema.fields}
     usable = [k for k in keys if isinstance(types.get(k), IntegralType | StringType)]
     if not usable:
-        return []
+        return {}
     aggregates = [f(F.col(quote(k))) for k in usable for f in (F.min, F.max)]
     row = incoming.agg(*aggregates).collect()[0]
-    bounds = []
-    for index, key in enumerate(usable):
-        low, high = row[2 * index], row[2 * index + 1]
-        if low is None or high is None:
-            continue
-        bounds.append(f"t.{quote(key)} BETWEEN {sql_literal(low)} AND {sql_literal(high)}")
-    return bounds
+    return {
+        key: (row[2 * i], row[2 * i + 1])
+        for i, key in enumerate(usable)
+        if row[2 * i] is not None and row[2 * i + 1] is not None
+    }
+
+
+def bound_predicates(bounds: dict[str, tuple[Any, Any]]) -> list[str]:
+    """Target-only range predicates ``t.k BETWEEN min AND max`` for the MERGE condition.
+
+    Every incoming key lies in its range, so the MERGE matches the same rows; Delta uses the
+    predicates to skip target files whose key statistics lie outside (e.g. new, growing ids).
+    """
+    return [
+        f"t.{quote(k)} BETWEEN {sql_literal(low)} AND {sql_literal(high)}"
+        for k, (low, high) in bounds.items()
+    ]
+
+
+def cannot_match(lake: Lake, relative: str, key: str, low: int, high: int) -> bool:
+    """Whether no row of the table can have an integer `key` in [low, high], by the statistics
+    of its files in the Delta log (a file without them, or any doubt, answers False)."""
+    files = live_files(lake, relative)
+    if files is None:
+        return False
+    for add in files:
+        stats = file_stats(add)
+        if stats is None or stats.get("numRecords") is None:
+            return False
+        nulls = (stats.get("nullCount") or {}).get(key)
+        if nulls is not None and int(nulls) == int(stats["numRecords"]):
+            continue  # no key in this file can match
+        lowest = (stats.get("minValues") or {}).get(key)
+        highest = (stats.get("maxValues") or {}).get(key)
+        if not isinstance(lowest, int) or not isinstance(highest, int):
+            return False
+        if not (high < lowest or low > highest):
+            return False
+    return True
 
 
 def _merge_condition(model: ProcessedModel) -> str:
@@ -266,6 +296,65 @@ def _merge_condition(model: ProcessedModel) -> str:
         c = quote(model.cursor)
         return f"(s.{c} >= t.{c} OR t.{c} IS NULL)"
     return "(s._airbyte_extracted_at >= t._airbyte_extracted_at)"
+
+
+INTEGER_TYPES = ("tinyint", "smallint", "int", "bigint")
+
+
+def _merge_or_append(
+    spark: SparkSession,
+    lake: Lake,
+    relative: str,
+    model: ProcessedModel,
+    good: DataFrame,
+    latest: DataFrame,
+    metadata: dict[str, Any],
+    result: ProcessedResult,
+) -> None:
+    """MERGE the deduplicated incoming rows by key into the table, in one commit.
+
+    When no incoming key can match a row (one integer key whose incoming range lies outside
+    every file's range, e.g. new growing ids), the MERGE would only insert: an append writes
+    the same rows without the MERGE's join.
+    """
+    uri = lake.spark_uri(relative)
+    bounds = key_bounds(good, model.primary_key)
+    key = model.primary_key[0]
+    if (
+        len(model.primary_key) == 1
+        and dict(latest.dtypes).get(key) in INTEGER_TYPES
+        and key in bounds
+        and cannot_match(lake, relative, key, *bounds[key])
+    ):
+        result.mode = "append"
+        with commit_metadata(spark, metadata):
+            latest.write.format("delta").mode("append").save(uri)
+        commit = log_commit(lake, relative, log_version(lake, relative)) or {}
+        written = int((commit.get("operationMetrics") or {}).get("numOutputRows", 0))
+        result.rows_inserted = result.rows_written = written
+        return
+    result.mode = "merge"
+    view = f"__r2g_incoming_{result.table}"
+    latest.createOrReplaceTempView(view)
+    on = " AND ".join(
+        [f"t.{quote(k)} = s.{quote(k)}" for k in model.primary_key] + bound_predicates(bounds)
+    )
+    names = [quote(c) for c in latest.columns]
+    updates = ", ".join(f"t.{n} = s.{n}" for n in names)
+    values = ", ".join(f"s.{n}" for n in names)
+    sql = (
+        f"MERGE INTO {delta_ref(uri)} AS t USING {view} AS s ON {on} "
+        f"WHEN MATCHED AND {_merge_condition(model)} THEN UPDATE SET {updates} "
+        f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}) VALUES ({values})"
+    )
+    with commit_metadata(spark, metadata):
+        stats = spark.sql(sql).collect()
+    spark.catalog.dropTempView(view)
+    if stats:
+        row = stats[0].asDict()
+        result.rows_updated = int(row.get("num_updated_rows") or 0)
+        result.rows_inserted = int(row.get("num_inserted_rows") or 0)
+    result.rows_written = result.rows_updated + result.rows_inserted
 
 
 def process_table(
@@ -343,30 +432,8 @@ def process_table(
             with commit_metadata(spark, metadata):
                 writer.save(uri)
         else:
-            result.mode = "merge"
             result.columns_added = _add_new_columns(spark, uri, latest, table)
-            view = f"__r2g_incoming_{table}"
-            latest.createOrReplaceTempView(view)
-            on = " AND ".join(
-                [f"t.{quote(k)} = s.{quote(k)}" for k in model.primary_key]
-                + key_bounds(good, model.primary_key)
-            )
-            names = [quote(c) for c in latest.columns]
-            updates = ", ".join(f"t.{n} = s.{n}" for n in names)
-            values = ", ".join(f"s.{n}" for n in names)
-            sql = (
-                f"MERGE INTO {delta_ref(uri)} AS t USING {view} AS s ON {on} "
-                f"WHEN MATCHED AND {_merge_condition(model)} THEN UPDATE SET {updates} "
-                f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}) VALUES ({values})"
-            )
-            with commit_metadata(spark, metadata):
-                stats = spark.sql(sql).collect()
-            spark.catalog.dropTempView(view)
-            if stats:
-                row = stats[0].asDict()
-                result.rows_updated = int(row.get("num_updated_rows") or 0)
-                result.rows_inserted = int(row.get("num_inserted_rows") or 0)
-            result.rows_written = result.rows_updated + result.rows_inserted
+            _merge_or_append(spark, lake, relative, model, good, latest, metadata, result)
     finally:
         typed.unpersist()
     result.delta_version = log_version(lake, relative)
