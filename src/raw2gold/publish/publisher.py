@@ -49,6 +49,7 @@ from raw2gold.transform.gold import (
     read_staged,
     staged_build,
 )
+from raw2gold.transform.parallel import in_parallel
 
 if TYPE_CHECKING:
     import pyarrow as pa
@@ -326,6 +327,64 @@ def _publish_parquet(
     return "published", run_id
 
 
+def _publish_table(
+    spark: SparkSession,
+    config: PipelineConfig,
+    run_id: str,
+    table: str,
+    build: dict[str, Any],
+    metadata: dict[str, Any],
+    checked_rows: dict[str, Any],
+) -> PublishResult:
+    """Publish one staged gold table in one commit (Delta) or pointer switch (Parquet)."""
+    lake = Lake(config.lake)
+    started = time.monotonic()
+    model = config.gold[table]
+    if build["mode"] == "unchanged":
+        last = last_publish(lake, config, table) or {}
+        log.info("gold %s unchanged (%s)", table, build.get("reason"))
+        return PublishResult(
+            table,
+            model.format,
+            model.mode,
+            "unchanged",
+            int(last.get("rows") or 0),
+            str(last.get("raw2gold_run_id", "")),
+            round(time.monotonic() - started, 3),
+        )
+    incremental = build["mode"] == "incremental"
+    df = read_staged(spark, config, run_id, table)
+    # Rows as the check stage counted them, or the staged rows of a full build; else an
+    # incremental publish reads them after writing (Delta log, Parquet footers).
+    counted = checked_rows.get(table)
+    if counted is None and not incremental and build.get("rows") is not None:
+        counted = int(build["rows"])
+    rows = None if counted is None else int(counted)
+    if rows is not None:
+        metadata = {**metadata, "rows": rows}
+    if model.format == "delta":
+        action, version = _publish_delta(
+            spark, config, lake, table, run_id, df, metadata, incremental
+        )
+        if rows is None:
+            rows = table_rows(spark, lake, lake.gold_table(table), int(version))
+    else:
+        whole = prospective(spark, config, run_id, table) if incremental else df
+        action, version = _publish_parquet(config, lake, table, run_id, whole, metadata)
+        if rows is None:
+            rows = parquet_rows(lake, f"{lake.gold_table(table)}/version={version}")
+    log.info("gold %s %s (version %s, %d rows)", table, action, version, rows)
+    return PublishResult(
+        table,
+        model.format,
+        model.mode,
+        action,
+        rows,
+        version,
+        round(time.monotonic() - started, 3),
+    )
+
+
 def publish(
     spark: SparkSession,
     config: PipelineConfig,
@@ -354,70 +413,29 @@ def publish(
     ]
     checked_rows: dict[str, Any] = (checks or {}).get("rows") or {}
     base = lineage(spark, config, run_id)
-    results = []
-    for table in gold_order(config):
-        build = staged_build(lake, run_id, table)
-        if build is None:
-            raise PublishError(f"gold {table} is not staged in run {run_id}: run transform first")
-        started = time.monotonic()
-        model = config.gold[table]
-        if build["mode"] == "unchanged":
-            last = last_publish(lake, config, table) or {}
-            results.append(
-                PublishResult(
-                    table,
-                    model.format,
-                    model.mode,
-                    "unchanged",
-                    int(last.get("rows") or 0),
-                    str(last.get("raw2gold_run_id", "")),
-                    round(time.monotonic() - started, 3),
-                )
-            )
-            log.info("gold %s unchanged (%s)", table, build.get("reason"))
-            continue
-        incremental = build["mode"] == "incremental"
-        df = read_staged(spark, config, run_id, table)
-        # Rows as the check stage counted them, or the staged rows of a full build; else an
-        # incremental publish reads them after writing (Delta log, Parquet footers).
-        counted = checked_rows.get(table)
-        if counted is None and not incremental and build.get("rows") is not None:
-            counted = int(build["rows"])
-        rows = None if counted is None else int(counted)
+    names = gold_order(config)
+    builds = {table: staged_build(lake, run_id, table) for table in names}
+    missing = [t for t, b in builds.items() if b is None]
+    if missing:
+        raise PublishError(
+            f"gold {', '.join(missing)} not staged in run {run_id}: run transform first"
+        )
+
+    def publish_table(session: SparkSession, table: str) -> PublishResult:
+        build = builds[table]
+        assert build is not None
         metadata = {
             **base,
             "raw2gold_run_id": run_id,
             "table": table,
-            "rows": rows,
             "checks": [c for c in check_summary if c["table"] == table],
             "published_at": utc_now(),
             "build": {k: build.get(k) for k in BUILD_KEYS},
         }
-        if rows is None:
-            del metadata["rows"]
-        if model.format == "delta":
-            action, version = _publish_delta(
-                spark, config, lake, table, run_id, df, metadata, incremental
-            )
-            if rows is None:
-                rows = table_rows(spark, lake, lake.gold_table(table), int(version))
-        else:
-            whole = prospective(spark, config, run_id, table) if incremental else df
-            action, version = _publish_parquet(config, lake, table, run_id, whole, metadata)
-            if rows is None:
-                rows = parquet_rows(lake, f"{lake.gold_table(table)}/version={version}")
-        results.append(
-            PublishResult(
-                table,
-                model.format,
-                model.mode,
-                action,
-                rows,
-                version,
-                round(time.monotonic() - started, 3),
-            )
-        )
-        log.info("gold %s %s (version %s, %d rows)", table, action, version, rows)
+        return _publish_table(session, config, run_id, table, build, metadata, checked_rows)
+
+    published = in_parallel(spark, names, publish_table)
+    results = [published[t] for t in names]
     lake.write_json(
         lake.run_record(run_id, "publish"),
         {"run_id": run_id, "lineage": base, "gold": {r.table: r.as_dict() for r in results}},

@@ -126,7 +126,7 @@ def offending_rows(
     if check.type == "relationships":
         assert check.to is not None
         target_table, _, target_column = check.to.partition(".")
-        keys = ref(target_table).select(F.col(f"`{target_column}`").alias("_r2g_key")).distinct()
+        keys = ref(target_table).select(F.col(f"`{target_column}`").alias("_r2g_key"))
         return df.where(cols[0].isNotNull()).join(keys, cols[0] == F.col("_r2g_key"), "left_anti")
     if check.type == "expression":
         return df.where(f"NOT coalesce(({check.expression}), false)")

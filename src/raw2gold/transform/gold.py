@@ -431,60 +431,62 @@ def build_gold(
     tables: list[str] | None = None,
     full_refresh: bool = False,
 ) -> list[GoldResult]:
-    """Build gold tables in dependency order into this run's staging area.
+    """Build gold tables into this run's staging area, a model after the gold it reads;
+    independent models at the same time (:mod:`raw2gold.transform.parallel`).
 
     A model whose inputs and definition did not change since its last publish is not rebuilt
-    (``unchanged``); an ``incremental`` model whose only changes are MERGEs into its listed
-    inputs rebuilds the changed groups; anything else is rebuilt in full.
+    (``unchanged``); an ``incremental`` model whose only changes are MERGEs or appends into its
+    listed inputs rebuilds the changed groups; anything else is rebuilt in full.
     """
+    from raw2gold.transform.parallel import in_parallel
+
+    names = [t for t in gold_order(config) if tables is None or t in tables]
+    after = {t: {r for r in model_refs(config, t) if r in names} for t in names}
+
+    def build(session: SparkSession, table: str) -> GoldResult:
+        return _build_one(session, config, run_id, table, full_refresh)
+
+    built = in_parallel(spark, names, build, after)
+    return [built[t] for t in names]
+
+
+def _build_one(
+    spark: SparkSession, config: PipelineConfig, run_id: str, table: str, full_refresh: bool
+) -> GoldResult:
     lake = Lake(config.lake)
-    ref = make_ref(spark, config, run_id)
-    results = []
-    for table in gold_order(config):
-        if tables is not None and table not in tables:
-            continue
-        started = time.monotonic()
-        plan = plan_build(config, table, run_id, full_refresh)
-        lake.delete_file(lake.staging_build(run_id, table))
-        staging = lake.staging_gold(run_id, table)
-        groups = -1
-        affected = AffectedGroups(-1, [])
-        if plan.mode == "incremental":
-            try:
-                affected = _write_affected(spark, config, run_id, plan)
-            except Exception as exc:  # e.g. no change data feed for these versions
-                first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-                log.warning("gold %s: rebuilding in full, no usable change feed: %s", table, first)
-                plan.mode, plan.reason = "full", f"no usable change feed ({first[:120]})"
-            else:
-                groups = affected.count
-                if groups == 0:
-                    plan.mode, plan.reason = "unchanged", "inputs changed no rows"
-        rows = 0
-        if plan.mode == "unchanged":
-            lake.delete_dir(staging)
+    started = time.monotonic()
+    plan = plan_build(config, table, run_id, full_refresh)
+    lake.delete_file(lake.staging_build(run_id, table))
+    staging = lake.staging_gold(run_id, table)
+    groups = -1
+    affected = AffectedGroups(-1, [])
+    if plan.mode == "incremental":
+        try:
+            affected = _write_affected(spark, config, run_id, plan)
+        except Exception as exc:  # e.g. no change data feed for these versions
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            log.warning("gold %s: rebuilding in full, no usable change feed: %s", table, first)
+            plan.mode, plan.reason = "full", f"no usable change feed ({first[:120]})"
         else:
-            model_ref = ref
-            if plan.mode == "incremental":
-                model_ref = _group_filtered(spark, config, run_id, table, ref, affected)
-            _write_staged(spark, config, run_id, table, model_ref)
-            rows = parquet_rows(lake, staging)
-        lake.write_json(
-            lake.staging_build(run_id, table), {**plan.as_dict(), "groups": groups, "rows": rows}
-        )
-        results.append(
-            GoldResult(
-                table,
-                rows,
-                staging,
-                round(time.monotonic() - started, 3),
-                plan.mode,
-                plan.reason,
-                groups,
-            )
-        )
-        log.info("gold %s: %s build (%s), %d rows staged", table, plan.mode, plan.reason, rows)
-    return results
+            groups = affected.count
+            if groups == 0:
+                plan.mode, plan.reason = "unchanged", "inputs changed no rows"
+    rows = 0
+    if plan.mode == "unchanged":
+        lake.delete_dir(staging)
+    else:
+        model_ref = make_ref(spark, config, run_id)
+        if plan.mode == "incremental":
+            model_ref = _group_filtered(spark, config, run_id, table, model_ref, affected)
+        _write_staged(spark, config, run_id, table, model_ref)
+        rows = parquet_rows(lake, staging)
+    lake.write_json(
+        lake.staging_build(run_id, table), {**plan.as_dict(), "groups": groups, "rows": rows}
+    )
+    log.info("gold %s: %s build (%s), %d rows staged", table, plan.mode, plan.reason, rows)
+    return GoldResult(
+        table, rows, staging, round(time.monotonic() - started, 3), plan.mode, plan.reason, groups
+    )
 
 
 def gold_exists(lake: Lake, config: PipelineConfig, table: str) -> bool:

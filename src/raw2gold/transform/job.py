@@ -21,7 +21,6 @@ import re
 import sys
 import time
 import traceback
-from collections.abc import Callable
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +38,7 @@ from raw2gold.quality.checks import (
 )
 from raw2gold.transform.delta import log_version, table_rows
 from raw2gold.transform.gold import build_gold, make_ref, prospective, staged_exists
+from raw2gold.transform.parallel import in_parallel
 from raw2gold.transform.processed import build_processed, read_processed
 
 if TYPE_CHECKING:
@@ -174,32 +174,37 @@ def _gold_scope(spark: SparkSession, config: PipelineConfig, run_id: str, table:
 def _gold_checks(
     spark: SparkSession, config: PipelineConfig, run_id: str, tables: list[str] | None = None
 ) -> tuple[list[CheckResult], dict[str, int]]:
-    """Checks of gold as publishing this run would leave it, and each checked table's rows."""
+    """Checks of gold as publishing this run would leave it (tables side by side), and the
+    rows of each table a check counted."""
     lake = Lake(config.lake)
-    ref = make_ref(spark, config, run_id)
-    results: list[CheckResult] = []
-    rows: dict[str, int] = {}
-    for table, model in config.gold.items():
-        if tables is not None and table not in tables:
-            continue
+    names = [t for t in config.gold if tables is None or t in tables]
+    for table in names:
         if not staged_exists(lake, run_id, table):
             raise RuntimeError(f"gold {table} is not staged in run {run_id}: run transform first")
-        if model.checks:
-            scope = _gold_scope(spark, config, run_id, table)
-            counted = scope.rows
-            assert counted is not None
-            memo: list[int] = []
 
-            def remember(counted: Callable[[], int] = counted, memo: list[int] = memo) -> int:
-                if not memo:
-                    memo.append(counted())
-                return memo[0]
+    def check(session: SparkSession, table: str) -> tuple[list[CheckResult], int | None]:
+        model = config.gold[table]
+        if not model.checks:
+            return [], None
+        scope = _gold_scope(session, config, run_id, table)
+        counted = scope.rows
+        assert counted is not None
+        memo: list[int] = []
 
-            scope.rows = remember
-            df = prospective(spark, config, run_id, table)
-            results += run_checks(spark, table, df, model.checks, ref, scope=scope)
-            if memo:  # publish records it instead of counting again
-                rows[table] = memo[0]
+        def remember() -> int:
+            if not memo:
+                memo.append(counted())
+            return memo[0]
+
+        scope.rows = remember
+        df = prospective(session, config, run_id, table)
+        ref = make_ref(session, config, run_id)
+        results = run_checks(session, table, df, model.checks, ref, scope=scope)
+        return results, memo[0] if memo else None  # publish records the rows counted here
+
+    checked = in_parallel(spark, names, check)
+    results = [r for t in names for r in checked[t][0]]
+    rows = {t: n for t in names if (n := checked[t][1]) is not None}
     return results, rows
 
 
