@@ -306,6 +306,19 @@ def parquet_rows(lake: Lake, relative: str) -> int:
     return total
 
 
+def never_null_groups(config: PipelineConfig, table: str) -> list[int]:
+    """Positions of the `by` columns an error-level not_null check of the model covers."""
+    model = config.gold[table]
+    assert model.incremental is not None
+    covered = {
+        column
+        for check in model.checks
+        if check.type == "not_null" and check.severity == "error"
+        for column in check.columns
+    }
+    return [i for i, column in enumerate(model.incremental.by) if column in covered]
+
+
 @dataclass
 class AffectedGroups:
     """The groups an incremental build recomputes: how many, and each `by` value's range."""
@@ -341,6 +354,11 @@ def _write_affected(
         )
         groups = keys if groups is None else groups.unionByName(keys)
     assert groups is not None
+    # A group with NULL in a `by` column that an error-level not_null check covers can never be
+    # published (the check would stop the run), so it is not rebuilt: rebuilding it would
+    # read every input row whose expression is NULL (purchases never bought, say).
+    for index in never_null_groups(config, plan.table):
+        groups = groups.where(F.col(f"{AFFECTED_PREFIX}{index}").isNotNull())
     relative = lake.staging_affected(run_id, plan.table)
     groups.distinct().write.mode("overwrite").parquet(lake.spark_uri(relative))
     count = parquet_rows(lake, relative)
