@@ -147,7 +147,8 @@ def _publish_delta(
     model = config.gold[table]
     relative = lake.gold_table(table)
     uri = lake.spark_uri(relative)
-    done = newest_metadata(lake, relative, "raw2gold_run_id", look_back=1000, value=run_id)
+    # this run's commit, if an earlier attempt made it (any commit the log still holds)
+    done = newest_metadata(lake, relative, "raw2gold_run_id", look_back=None, value=run_id)
     if done is not None:
         return "already_published", str(done[0])
     if incremental:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
@@ -41,14 +42,22 @@ def is_delta(lake: Lake, relative: str) -> bool:
     return bool(lake.list_files(f"{relative}/_delta_log", ".json"))
 
 
+COMMIT_FILE = re.compile(r"^(\d{20})\.json$")
+
+
+def commit_versions(lake: Lake, relative: str) -> list[int]:
+    """The versions whose commit files ``_delta_log/<20 digits>.json`` exist, oldest first."""
+    prefix = f"{relative}/_delta_log/"
+    found = (
+        COMMIT_FILE.match(name.removeprefix(prefix))
+        for name in lake.list_files(prefix.rstrip("/"), ".json")
+    )
+    return sorted(int(m.group(1)) for m in found if m)
+
+
 def log_version(lake: Lake, relative: str) -> int:
     """The newest version of a Delta table from its log listing (-1 when there is none)."""
-    versions = [
-        int(name.rsplit("/", 1)[-1].split(".")[0])
-        for name in lake.list_files(f"{relative}/_delta_log", ".json")
-        if name.rsplit("/", 1)[-1].split(".")[0].isdigit()
-    ]
-    return max(versions, default=-1)
+    return max(commit_versions(lake, relative), default=-1)
 
 
 def log_commit(lake: Lake, relative: str, version: int) -> dict[str, Any] | None:
@@ -75,15 +84,16 @@ def log_commit(lake: Lake, relative: str, version: int) -> dict[str, Any] | None
 
 
 def newest_metadata(
-    lake: Lake, relative: str, key: str, look_back: int = 50, value: Any = None
+    lake: Lake, relative: str, key: str, look_back: int | None = 50, value: Any = None
 ) -> tuple[int, dict[str, Any]] | None:
     """The newest commit whose JSON userMetadata has ``key`` (equal to ``value`` when given):
     (version, metadata), or None.
 
-    Walks back at most ``look_back`` commits from the newest, reading log files without Spark.
+    Reads the log's commit files without Spark, newest first: at most ``look_back`` of them
+    (None: every commit the log still holds).
     """
-    newest = log_version(lake, relative)
-    for version in range(newest, max(newest - look_back, -1), -1):
+    versions = commit_versions(lake, relative)[::-1]
+    for version in versions[:look_back]:
         metadata = (log_commit(lake, relative, version) or {}).get("metadata")
         if isinstance(metadata, dict) and key in metadata:
             if value is None or metadata[key] == value:
@@ -137,9 +147,8 @@ def live_files(
     (multi-part or v2 checkpoints, log files cleaned up); callers then ask Spark.
     """
     log_dir = f"{relative}/_delta_log"
-    names = [n.rsplit("/", 1)[-1] for n in lake.list_files(log_dir)]
-    versions = [int(n.split(".")[0]) for n in names if n.endswith(".json") and n[:20].isdigit()]
-    newest = max(versions, default=-1)
+    names = [n.removeprefix(f"{log_dir}/") for n in lake.list_files(log_dir)]
+    newest = max((int(m.group(1)) for n in names if (m := COMMIT_FILE.match(n))), default=-1)
     version = newest if version is None else version
     if version < 0 or version > newest:
         return None
