@@ -79,12 +79,12 @@ def test_row_count_change_against_the_previous_version(spark: Any, tables: dict[
         CheckConfig(type="row_count", max_change_percent=50),
         CheckConfig(type="row_count", max_change_percent=5, severity="warn"),
     ]
-    previous = orders.limit(8)  # 11 vs 8 rows: 37.5 % more
-    results = run_checks(spark, "orders", orders, checks, tables.__getitem__, lambda: previous)
+    previous = CheckScope(previous_rows=lambda: 8)  # 11 vs 8 rows: 37.5 % more
+    results = run_checks(spark, "orders", orders, checks, tables.__getitem__, previous)
     assert [r.passed for r in results] == [True, False]
     assert "37.5% change vs previous 8 rows (over 5%)" in results[1].message
     assert results[1].sample == [{"row_count": 11, "previous_row_count": 8, "change_percent": 37.5}]
-    first = run_checks(spark, "orders", orders, checks[:1], tables.__getitem__, lambda: None)
+    first = run_checks(spark, "orders", orders, checks[:1], tables.__getitem__, CheckScope())
     assert first[0].passed and "no previous version" in first[0].message
 
 

@@ -12,7 +12,7 @@ import decimal
 import logging
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, TypeAlias
+from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.loader import REF_IN_SQL
 from raw2gold.config.models import CheckConfig
@@ -24,8 +24,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 SAMPLE_SIZE = 5
-# The table's previous version, if any (row_count's max_change_percent compares with it).
-Previous: TypeAlias = "Callable[[], DataFrame | None] | None"
 # Checks that look at each row on its own: on an incremental build, the rebuilt rows suffice.
 ROW_CHECKS = ("not_null", "accepted_values", "expression")
 
@@ -34,7 +32,9 @@ ROW_CHECKS = ("not_null", "accepted_values", "expression")
 class CheckScope:
     """What a table's checks may take as known instead of reading the whole table.
 
-    ``rows``/``previous_rows`` give row counts without a scan (the Delta log, a build record);
+    ``rows`` gives the table's row count without a scan (the Delta log, a build record), and
+    ``previous_rows`` the previous version's (None: there is none), which ``row_count``'s
+    ``max_change_percent`` compares with;
     ``changed`` is an incremental build's rebuilt rows: the rest of the table was published
     after passing the same checks (its model and checks are unchanged), so row checks,
     ``unique`` on columns that include every ``group_by`` column, and ``relationships`` to a
@@ -147,9 +147,7 @@ def offending_rows(
     return None
 
 
-def _row_count(
-    table: str, df: DataFrame, check: CheckConfig, previous: Previous, scope: CheckScope
-) -> CheckResult:
+def _row_count(table: str, df: DataFrame, check: CheckConfig, scope: CheckScope) -> CheckResult:
     count = scope.rows() if scope.rows else df.count()
     low = check.min if check.min is not None else 0
     high = check.max
@@ -158,11 +156,7 @@ def _row_count(
     message = f"row count {count} {'within' if passed else 'outside'} {bounds}"
     sample: dict[str, Any] = {"row_count": count}
     if check.max_change_percent is not None:
-        if scope.previous_rows:
-            before_rows = scope.previous_rows()
-        else:
-            before_df = previous() if previous else None
-            before_rows = None if before_df is None else before_df.count()
+        before_rows = scope.previous_rows() if scope.previous_rows else None
         if before_rows is None:
             message += "; no previous version to compare"
         else:
@@ -216,19 +210,17 @@ def run_check(
     df: DataFrame,
     check: CheckConfig,
     ref: Callable[[str], DataFrame],
-    previous: Previous = None,
     scope: CheckScope | None = None,
 ) -> CheckResult:
     """Run one check; a check that cannot run (bad SQL, unknown column) fails with a message.
 
-    ``previous`` gives the table's previous version (row_count's max_change_percent);
-    ``scope`` what is known without reading the whole table.
+    ``scope``: what is known without reading the whole table.
     """
     label = check.label
     scope = scope or CheckScope()
     try:
         if check.type == "row_count":
-            return _row_count(table, df, check, previous, scope)
+            return _row_count(table, df, check, scope)
         if check.type == "freshness":
             return _freshness(table, df, check)
         rebuilt = scope.rows_to_check(check)
@@ -266,11 +258,10 @@ def run_checks(
     df: DataFrame,
     checks: list[CheckConfig],
     ref: Callable[[str], DataFrame],
-    previous: Previous = None,
     scope: CheckScope | None = None,
 ) -> list[CheckResult]:
     """Run a table's checks; log every failure with its sample."""
-    results = [run_check(spark, table, df, check, ref, previous, scope) for check in checks]
+    results = [run_check(spark, table, df, check, ref, scope) for check in checks]
     for result in results:
         if not result.passed:
             level = logging.ERROR if result.severity == "error" else logging.WARNING

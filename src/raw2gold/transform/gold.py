@@ -369,7 +369,8 @@ def _write_affected(
     from pyspark.sql.types import DateType, DecimalType, IntegralType, StringType, TimestampType
 
     exact = (DateType, DecimalType, IntegralType, StringType, TimestampType)
-    fields = read_affected(spark, config, run_id, plan.table).schema.fields
+    written = read_affected(spark, config, run_id, plan.table)
+    fields = written.schema.fields
     aggregates = []
     for f in fields:
         column = F.col(f.name)
@@ -378,7 +379,7 @@ def _write_affected(
             F.max(column).cast("string"),
             F.max(column.isNull().cast("int")),
         ]
-    row = read_affected(spark, config, run_id, plan.table).agg(*aggregates).collect()[0]
+    row = written.agg(*aggregates).collect()[0]
     bounds = [
         (
             row[3 * i] if isinstance(f.dataType, exact) else None,
