@@ -153,7 +153,10 @@ def test_parquet_keeps_the_newest_versions(spark: Any, mini: Any, tmp_path: Path
         assert _publish_parquet(config, lake, "ages", run, df, {"rows": index + 1}) == (
             "published",
             run,
+            index + 1,
         )
+    # a retry finds its version and reads the rows from its files
+    assert _publish_parquet(config, lake, "ages", "a4", df, {}) == ("already_published", "a4", 4)
     pointer = current_pointer(lake, "ages")
     assert pointer is not None and pointer["version"] == "a4"
     kept = runs[-KEEP_VERSIONS:][::-1]

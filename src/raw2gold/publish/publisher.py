@@ -287,17 +287,18 @@ def _publish_parquet(
     run_id: str,
     df: DataFrame,
     metadata: dict[str, Any],
-) -> tuple[str, str]:
+) -> tuple[str, str, int]:
+    """Write the rows as a new version folder, then switch the pointer; (action, version, rows)."""
     model = config.gold[table]
     pointer = current_pointer(lake, table)
     if pointer and pointer.get("version") == run_id:
-        return "already_published", run_id
+        return "already_published", run_id, parquet_rows(lake, pointer["path"])
     relative = f"{lake.gold_table(table)}/version={run_id}"
     writer = df.write.mode("overwrite")
     if model.partition_by:
         writer = writer.partitionBy(*model.partition_by)
     writer.parquet(lake.spark_uri(relative))
-    if metadata.get("rows") is None:
+    if metadata.get("rows") is None:  # an incremental publish: read from what was written
         metadata = {**metadata, "rows": parquet_rows(lake, relative)}
     previous = pointer.get("versions", []) if pointer else []
     versions = [run_id, *[v for v in previous if v != run_id]][:KEEP_VERSIONS]
@@ -325,7 +326,7 @@ def _publish_parquet(
     for old in _version_dirs(lake, table):
         if old not in versions:
             lake.delete_dir(f"{lake.gold_table(table)}/version={old}")
-    return "published", run_id
+    return "published", run_id, int(metadata["rows"])
 
 
 def _publish_table(
@@ -371,9 +372,7 @@ def _publish_table(
             rows = table_rows(spark, lake, lake.gold_table(table), int(version))
     else:
         whole = prospective(spark, config, run_id, table) if incremental else df
-        action, version = _publish_parquet(config, lake, table, run_id, whole, metadata)
-        if rows is None:
-            rows = parquet_rows(lake, f"{lake.gold_table(table)}/version={version}")
+        action, version, rows = _publish_parquet(config, lake, table, run_id, whole, metadata)
     log.info("gold %s %s (version %s, %d rows)", table, action, version, rows)
     return PublishResult(
         table,

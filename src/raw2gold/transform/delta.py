@@ -209,35 +209,6 @@ def table_rows(spark: SparkSession, lake: Lake, relative: str, version: int | No
     return int(reader.load(lake.spark_uri(relative)).count())
 
 
-def history(spark: SparkSession, uri: str) -> list[dict[str, Any]]:
-    """Commits of a Delta table, newest first: version, operation and parsed userMetadata."""
-    rows = spark.sql(f"DESCRIBE HISTORY {delta_ref(uri)}").select(
-        "version", "operation", "operationMetrics", "userMetadata"
-    )
-    commits = []
-    for row in rows.collect():
-        metadata: Any = None
-        if row["userMetadata"]:
-            try:
-                metadata = json.loads(row["userMetadata"])
-            except ValueError:
-                metadata = None
-        commits.append(
-            {
-                "version": row["version"],
-                "operation": row["operation"],
-                "metrics": dict(row["operationMetrics"] or {}),
-                "metadata": metadata,
-            }
-        )
-    return sorted(commits, key=lambda c: -int(c["version"]))
-
-
-def latest_version(spark: SparkSession, uri: str) -> int:
-    commits = history(spark, uri)
-    return int(commits[0]["version"]) if commits else -1
-
-
 @contextmanager
 def commit_metadata(spark: SparkSession, payload: dict[str, Any]) -> Iterator[None]:
     """Attach ``payload`` (JSON) as userMetadata to the Delta commits made inside the block."""

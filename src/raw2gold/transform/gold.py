@@ -477,8 +477,7 @@ def _build_one(
     plan = plan_build(config, table, run_id, full_refresh)
     lake.delete_file(lake.staging_build(run_id, table))
     staging = lake.staging_gold(run_id, table)
-    groups = -1
-    affected = AffectedGroups(-1, [])
+    affected = AffectedGroups(-1, [])  # count -1: not an incremental build
     if plan.mode == "incremental":
         try:
             affected = _write_affected(spark, config, run_id, plan)
@@ -487,8 +486,7 @@ def _build_one(
             log.warning("gold %s: rebuilding in full, no usable change feed: %s", table, first)
             plan.mode, plan.reason = "full", f"no usable change feed ({first[:120]})"
         else:
-            groups = affected.count
-            if groups == 0:
+            if affected.count == 0:
                 plan.mode, plan.reason = "unchanged", "inputs changed no rows"
     rows = 0
     if plan.mode == "unchanged":
@@ -500,11 +498,18 @@ def _build_one(
         _write_staged(spark, config, run_id, table, model_ref)
         rows = parquet_rows(lake, staging)
     lake.write_json(
-        lake.staging_build(run_id, table), {**plan.as_dict(), "groups": groups, "rows": rows}
+        lake.staging_build(run_id, table),
+        {**plan.as_dict(), "groups": affected.count, "rows": rows},
     )
     log.info("gold %s: %s build (%s), %d rows staged", table, plan.mode, plan.reason, rows)
     return GoldResult(
-        table, rows, staging, round(time.monotonic() - started, 3), plan.mode, plan.reason, groups
+        table,
+        rows,
+        staging,
+        round(time.monotonic() - started, 3),
+        plan.mode,
+        plan.reason,
+        affected.count,
     )
 
 

@@ -326,12 +326,9 @@ def _merge_or_append(
         and key in bounds
         and cannot_match(lake, relative, key, *bounds[key])
     ):
-        result.mode = "append"
+        result.mode = "append"  # rows written: from the commit, as for an overwrite
         with commit_metadata(spark, metadata):
             latest.write.format("delta").mode("append").save(uri)
-        commit = log_commit(lake, relative, log_version(lake, relative)) or {}
-        written = int((commit.get("operationMetrics") or {}).get("numOutputRows", 0))
-        result.rows_inserted = result.rows_written = written
         return
     result.mode = "merge"
     view = f"__r2g_incoming_{result.table}"
@@ -437,7 +434,7 @@ def process_table(
     finally:
         typed.unpersist()
     result.delta_version = log_version(lake, relative)
-    if result.mode == "overwrite":
+    if result.mode in ("overwrite", "append"):
         commit = log_commit(lake, relative, result.delta_version) or {}
         written = int((commit.get("operationMetrics") or {}).get("numOutputRows", 0))
         result.rows_written = result.rows_inserted = written
