@@ -18,7 +18,7 @@ import pytest
 from raw2gold.config.loader import load_pipeline
 from raw2gold.lake.layout import Lake
 from raw2gold.publish.publisher import current_pointer
-from raw2gold.transform.delta import log_version
+from raw2gold.transform.delta import log_commit, log_version
 from raw2gold.transform.gold import plan_build
 from raw2gold.transform.job import STAGES, run_stage
 from tests.publish.digest import tree_digest
@@ -142,12 +142,15 @@ def test_a_group_that_empties_is_removed(shop: Any, spark: Any) -> None:
     run_all(shop, spark, "run3")
     assert_gold_matches_reference(shop.config)
     assert date(2026, 1, 13) in _gold_days(shop)
+    # a day gold did not have yet: appended, not a replaceWhere overwrite
+    assert _newest_write(shop.lake, DAILY) == ("Append", None)
 
     returned = {**purchase(301, 7, 3, 12, returned=True), "updated_at": ts(13, 5)}
     write_raw_run(shop.lake, "faker", "r4", {"purchases": [returned]}, T0 + timedelta(days=3))
     summaries = run_all(shop, spark, "run4")
     assert builds(summaries)[DAILY] == ("incremental", "changed: purchases", 1)
     assert date(2026, 1, 13) not in _gold_days(shop)
+    assert _newest_write(shop.lake, DAILY) == ("Overwrite", "(`purchase_date` = DATE'2026-01-13')")
     assert_gold_matches_reference(shop.config)
 
 
@@ -221,3 +224,60 @@ def _partitions_written(lake: Lake, table: str) -> set[str]:
     with lake.fs.open_input_stream(lake.path(relative)) as stream:
         actions = [json.loads(line) for line in stream.read().decode().splitlines() if line]
     return {a["add"]["partitionValues"]["purchase_date"] for a in actions if "add" in a}
+
+
+def _newest_write(lake: Lake, table: str) -> tuple[str, str | None]:
+    """The save mode and replaceWhere predicate of a Delta gold table's newest commit."""
+    relative = f"gold/{table}"
+    info = log_commit(lake, relative, log_version(lake, relative))
+    assert info is not None and info["operation"] == "WRITE"
+    parameters = info["operationParameters"]
+    predicate = parameters.get("predicate")
+    return parameters["mode"], predicate
+
+
+def test_group_ranges_from_the_driver_equal_sparks(spark: Any) -> None:
+    """The collected groups' ranges (text) cast back in Spark to the values Spark's own
+    min/max give, for every type a range is kept for; other types get none."""
+    from decimal import Decimal
+
+    from pyspark.sql import functions as F
+
+    from raw2gold.transform.gold import _arrow_bounds, _spark_bounds
+
+    rows = [
+        (date(2026, 1, 9), datetime(2026, 1, 9, 23, 30, 0, 5, tzinfo=UTC), Decimal("1.50"), "b", 7),
+        (date(2025, 12, 31), datetime(2025, 12, 31, 0, 0, tzinfo=UTC), Decimal("-2.25"), "Ä", -3),
+        (None, None, None, None, None),
+    ]
+    schema = "d date, t timestamp, m decimal(18,2), s string, i bigint"
+    groups = spark.createDataFrame(rows, schema).withColumn("n", F.col("t").cast("timestamp_ntz"))
+    from_driver = _arrow_bounds(groups.schema, groups.toArrow())
+    from_spark = _spark_bounds(groups)
+    assert [b[2:] for b in from_driver] == [b[2:] for b in from_spark]  # NULLs and types
+    assert from_driver[-1][:2] == (None, None)  # timestamp_ntz: no range
+    for (low, high, _, kind), (s_low, s_high, _, _) in zip(
+        from_driver[:-1], from_spark[:-1], strict=True
+    ):
+        pairs = [(low, s_low), (high, s_high)]
+        cast = spark.createDataFrame(pairs, "a string, b string").selectExpr(
+            f"CAST(a AS {kind}) = CAST(b AS {kind}) AS same"
+        )
+        assert all(r.same for r in cast.collect()), (kind, pairs)
+
+
+def test_many_groups_are_written_by_spark(
+    shop: Any, spark: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Past MAX_COLLECTED_GROUPS the affected groups are not collected: Spark writes them."""
+    from raw2gold.transform import gold
+
+    monkeypatch.setattr(gold, "MAX_COLLECTED_GROUPS", 1)
+    changes = [purchase(901, 8, 1, 14), purchase(902, 9, 2, 15)]
+    write_raw_run(shop.lake, "faker", "r9", {"purchases": changes}, T0 + timedelta(days=9))
+    summaries = run_all(shop, spark, "run9")
+    assert builds(summaries)[DAILY] == ("incremental", "changed: purchases", 2)
+    assert builds(summaries)[CLV] == ("incremental", "changed: purchases", 2)
+    affected = shop.lake.list_files(shop.lake.staging_affected("run9", DAILY))
+    assert any(f.endswith("_SUCCESS") for f in affected)  # Spark's committer wrote them
+    assert_gold_matches_reference(shop.config)

@@ -23,10 +23,13 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlparse
 
 import pyarrow.fs as pafs
+
+if TYPE_CHECKING:
+    import pyarrow as pa
 
 from raw2gold.config.loader import resolve_env
 from raw2gold.config.models import LakeConfig
@@ -225,6 +228,14 @@ class Lake:
         path = self.path(relative)
         if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
             self.fs.delete_dir(path)
+
+    def replace_parquet(self, relative: str, table: pa.Table) -> None:
+        """Replace a folder with one Parquet file of `table`, written from this process."""
+        import pyarrow.parquet as pq
+
+        self.delete_dir(relative)
+        self.fs.create_dir(self.path(relative), recursive=True)
+        pq.write_table(table, self.path(f"{relative}/part-00000.parquet"), filesystem=self.fs)
 
     def delete_file(self, relative: str) -> None:
         """Delete one file if it exists."""

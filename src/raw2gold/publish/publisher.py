@@ -34,6 +34,7 @@ from raw2gold.transform.delta import (
     commit_metadata,
     delta_ref,
     is_delta,
+    live_files,
     log_row_count,
     log_version,
     newest_metadata,
@@ -181,35 +182,72 @@ def _publish_delta(
     return "published", str(log_version(lake, relative))
 
 
-def _partition_predicate(
-    spark: SparkSession, config: PipelineConfig, run_id: str, table: str
-) -> str | None:
-    """A replaceWhere predicate on partition columns naming the rebuilt groups, when the
-    groups are whole partitions (every `by` column is a partition column) and few enough."""
+def _partition_groups(
+    config: PipelineConfig, run_id: str, table: str
+) -> list[tuple[Any, ...]] | None:
+    """The rebuilt groups, when they are whole partitions (every `by` column is a partition
+    column), few enough and of types a partition predicate names; else None."""
     import datetime as dt
+
+    import pyarrow.parquet as pq
 
     model = config.gold[table]
     incremental = model.incremental
     assert incremental is not None
     if not set(incremental.by) <= set(model.partition_by):
         return None
-    groups = read_affected(spark, config, run_id, table).limit(MAX_PARTITIONS + 1).collect()
-    if len(groups) > MAX_PARTITIONS:
+    lake = Lake(config.lake)
+    relative = lake.staging_affected(run_id, table)
+    if parquet_rows(lake, relative) > MAX_PARTITIONS:
         return None
+    columns = [f"{AFFECTED_PREFIX}{i}" for i in range(len(incremental.by))]
+    read = pq.read_table(lake.path(relative), columns=columns, filesystem=lake.fs)
+    groups = [tuple(row[c] for c in columns) for row in read.to_pylist()]
+    for group in groups:
+        for value in group:
+            is_date = isinstance(value, dt.date) and not isinstance(value, dt.datetime)
+            plain = isinstance(value, int | str) and not isinstance(value, bool)
+            if value is not None and not is_date and not plain:
+                return None  # other types: the MERGE below
+    return groups
+
+
+def _partition_text(value: Any) -> str | None:
+    """A partition value as the Delta log writes it (``partitionValues``)."""
+    return (
+        None if value is None else value.isoformat() if hasattr(value, "isoformat") else str(value)
+    )
+
+
+def _partition_predicate(by: list[str], groups: list[tuple[Any, ...]]) -> str:
+    """A replaceWhere predicate naming each group's partition."""
     terms = []
     for group in groups:
         parts = []
-        for column, value in zip(incremental.by, group, strict=True):
+        for column, value in zip(by, group, strict=True):
             if value is None:
                 parts.append(f"{quote(column)} IS NULL")
-            elif isinstance(value, dt.date) and not isinstance(value, dt.datetime):
+            elif hasattr(value, "isoformat"):
                 parts.append(f"{quote(column)} = DATE'{value.isoformat()}'")
-            elif isinstance(value, int | str) and not isinstance(value, bool):
-                parts.append(f"{quote(column)} = {sql_literal(value)}")
             else:
-                return None  # other types: the MERGE below
+                parts.append(f"{quote(column)} = {sql_literal(value)}")
         terms.append("(" + " AND ".join(parts) + ")")
     return " OR ".join(terms) if terms else "FALSE"
+
+
+def _partitions_absent(
+    lake: Lake, relative: str, by: list[str], groups: list[tuple[Any, ...]]
+) -> bool:
+    """Whether no live file of the table lies in any of the groups' partitions (Delta log)."""
+    files = live_files(lake, relative)
+    if files is None:
+        return False
+    wanted = {tuple(_partition_text(v) for v in group) for group in groups}
+    for add in files:
+        values = add.get("partitionValues") or {}
+        if tuple(values.get(column) for column in by) in wanted:
+            return False
+    return True
 
 
 def _replace_groups(
@@ -223,24 +261,28 @@ def _replace_groups(
 ) -> None:
     """One MERGE commit: delete the gold rows of the rebuilt groups, insert their new rows.
 
-    When the groups are whole partitions: one overwrite with ``replaceWhere`` on them instead.
-    Otherwise the source holds one 'delete' row per group (matching every gold row of the
-    group; Delta allows many matches for an unconditional DELETE) and the staged rows as
-    'insert' rows, which never match. A group that became empty is thus removed too.
+    When the groups are whole partitions: one overwrite with ``replaceWhere`` on them instead,
+    or an append when the Delta log shows none of them holds a file yet (publishes of a table
+    are serialized: the DAG runs one at a time). Otherwise the source holds one 'delete' row
+    per group (matching every gold row of the group; Delta allows many matches for an
+    unconditional DELETE) and the staged rows as 'insert' rows, which never match. A group
+    that became empty is thus removed too.
     """
     from pyspark.sql import functions as F
 
     model = config.gold[table]
     incremental = model.incremental
     assert incremental is not None
-    predicate = _partition_predicate(spark, config, run_id, table)
-    if predicate is not None:
-        writer = (
-            staged.write.format("delta")
-            .mode("overwrite")
-            .option("replaceWhere", predicate)
-            .partitionBy(*model.partition_by)
-        )
+    lake = Lake(config.lake)
+    partitions = _partition_groups(config, run_id, table)
+    if partitions is not None:
+        writer = staged.write.format("delta").partitionBy(*model.partition_by)
+        if _partitions_absent(lake, lake.gold_table(table), incremental.by, partitions):
+            writer = writer.mode("append")  # new partitions only (a new day, say)
+        else:
+            writer = writer.mode("overwrite").option(
+                "replaceWhere", _partition_predicate(incremental.by, partitions)
+            )
         with commit_metadata(spark, metadata):
             writer.save(uri)
         return

@@ -25,12 +25,18 @@ from raw2gold.transform.delta import is_delta, log_commit, log_version, quote
 from raw2gold.transform.processed import read_processed
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.types import StructType
 
 log = logging.getLogger(__name__)
 
 Ref = Callable[[str], "DataFrame"]
 AFFECTED_PREFIX = "__r2g_by_"
+# An incremental build collects its affected groups to the driver up to this many.
+MAX_COLLECTED_GROUPS = 1_000_000
+# Types whose text form casts back to the same value (timestamps carry their UTC offset).
+_EXACT_TEXT = ("date", "decimal", "tinyint", "smallint", "int", "bigint", "string", "timestamp")
 
 
 class GoldError(RuntimeError):
@@ -360,16 +366,29 @@ def _write_affected(
     for index in never_null_groups(config, plan.table):
         groups = groups.where(F.col(f"{AFFECTED_PREFIX}{index}").isNotNull())
     relative = lake.staging_affected(run_id, plan.table)
-    groups.distinct().write.mode("overwrite").parquet(lake.spark_uri(relative))
-    count = parquet_rows(lake, relative)
-    if not count:
+    distinct = groups.distinct()
+    # Usually few: collected with their ranges in one query and written from here; a change
+    # touching more groups than that is written and ranged by Spark instead.
+    collected = distinct.limit(MAX_COLLECTED_GROUPS + 1).toArrow()
+    if collected.num_rows > MAX_COLLECTED_GROUPS:
+        distinct.write.mode("overwrite").parquet(lake.spark_uri(relative))
+        count = parquet_rows(lake, relative)
+        written = read_affected(spark, config, run_id, plan.table)
+        return AffectedGroups(count, _spark_bounds(written) if count else [])
+    lake.replace_parquet(relative, collected)
+    if not collected.num_rows:
         return AffectedGroups(0, [])
-    # Ranges travel as text cast back in Spark (session time zone both ways), for the types
-    # whose text form is exact; others get no range (the semi-join alone selects their rows).
-    from pyspark.sql.types import DateType, DecimalType, IntegralType, StringType, TimestampType
+    return AffectedGroups(collected.num_rows, _arrow_bounds(distinct.schema, collected))
 
-    exact = (DateType, DecimalType, IntegralType, StringType, TimestampType)
-    written = read_affected(spark, config, run_id, plan.table)
+
+def _exact(kind: str) -> bool:
+    return kind.split("(")[0] in _EXACT_TEXT
+
+
+def _spark_bounds(written: DataFrame) -> list[tuple[str | None, str | None, bool, str]]:
+    """Each column's lowest/highest value as text (session time zone), and whether NULL occurs."""
+    from pyspark.sql import functions as F
+
     fields = written.schema.fields
     aggregates = []
     for f in fields:
@@ -380,16 +399,47 @@ def _write_affected(
             F.max(column.isNull().cast("int")),
         ]
     row = written.agg(*aggregates).collect()[0]
-    bounds = [
+    return [
         (
-            row[3 * i] if isinstance(f.dataType, exact) else None,
-            row[3 * i + 1] if isinstance(f.dataType, exact) else None,
+            row[3 * i] if _exact(f.dataType.simpleString()) else None,
+            row[3 * i + 1] if _exact(f.dataType.simpleString()) else None,
             bool(row[3 * i + 2]),
             f.dataType.simpleString(),
         )
         for i, f in enumerate(fields)
     ]
-    return AffectedGroups(count, bounds)
+
+
+def _as_text(value: Any) -> str | None:
+    """A value's text that Spark casts back exactly: ISO dates, timestamps with their offset
+    (None for a timestamp without one)."""
+    import datetime as dt
+
+    if isinstance(value, dt.datetime):
+        return None if value.tzinfo is None else value.isoformat(sep=" ")
+    if isinstance(value, dt.date):
+        return value.isoformat()
+    return str(value)
+
+
+def _arrow_bounds(
+    schema: StructType, groups: pa.Table
+) -> list[tuple[str | None, str | None, bool, str]]:
+    """Like :func:`_spark_bounds`, from the collected groups (Python orders text by code
+    point, as Spark's default binary collation orders UTF-8)."""
+    bounds: list[tuple[str | None, str | None, bool, str]] = []
+    for f in schema.fields:
+        kind = f.dataType.simpleString()
+        values = groups.column(f.name).to_pylist()
+        present = [v for v in values if v is not None]
+        nulls = len(present) < len(values)
+        if not present or not _exact(kind):
+            bounds.append((None, None, nulls, kind))
+            continue
+        low, high = _as_text(min(present)), _as_text(max(present))
+        exact = low is not None and high is not None
+        bounds.append((low if exact else None, high if exact else None, nulls, kind))
+    return bounds
 
 
 def _group_filtered(

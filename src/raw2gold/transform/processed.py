@@ -40,6 +40,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -60,7 +61,7 @@ from raw2gold.transform.delta import (
 )
 
 if TYPE_CHECKING:
-    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, Row, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -155,7 +156,9 @@ def typed_with_reasons(
         reasons.append(F.when(bad, message))
     for key in model.primary_key:
         reasons.append(F.when(F.col(key).isNull(), F.lit(f"primary key {key} is null")))
-    record = F.to_json(F.struct(*[F.col(c) for c in model.columns]))
+    problems = F.filter(F.array(*reasons), lambda r: r.isNotNull())
+    # the raw record, kept for quarantine: only bad rows need it
+    record = F.when(F.size(problems) > 0, F.to_json(F.struct(*[F.col(c) for c in model.columns])))
     extras = extras or []
     typed = raw.select(
         *typed_exprs,
@@ -164,7 +167,7 @@ def typed_with_reasons(
         F.col("_airbyte_extracted_at").cast("timestamp").alias("_airbyte_extracted_at"),
         F.col("_airbyte_raw_id"),
         record.alias("_raw2gold_record"),
-        F.filter(F.array(*reasons), lambda r: r.isNotNull()).alias("_raw2gold_reasons"),
+        problems.alias("_raw2gold_reasons"),
     )
     return typed, [*model.columns, *extras]
 
@@ -239,22 +242,33 @@ def _read_raw(spark: SparkSession, lake: Lake, stream: str, manifests: list[dict
     return spark.read.option("mergeSchema", "true").parquet(*files)
 
 
-def key_bounds(incoming: DataFrame, keys: list[str]) -> dict[str, tuple[Any, Any]]:
-    """The lowest and highest incoming value of each integer or string key."""
-    from pyspark.sql import functions as F
+def bound_keys(incoming: DataFrame, keys: list[str]) -> list[str]:
+    """The integer or text keys whose incoming range bounds a MERGE (:func:`key_bounds`)."""
     from pyspark.sql.types import IntegralType, StringType
 
     types = {f.name: f.dataType for f in incoming.schema.fields}
-    usable = [k for k in keys if isinstance(types.get(k), IntegralType | StringType)]
-    if not usable:
-        return {}
-    aggregates = [f(F.col(quote(k))) for k in usable for f in (F.min, F.max)]
-    row = incoming.agg(*aggregates).collect()[0]
-    return {
-        key: (row[2 * i], row[2 * i + 1])
-        for i, key in enumerate(usable)
-        if row[2 * i] is not None and row[2 * i + 1] is not None
-    }
+    return [k for k in keys if isinstance(types.get(k), IntegralType | StringType)]
+
+
+def key_bounds(
+    keys: list[str], only: Column
+) -> tuple[list[Column], Callable[[Row], dict[str, tuple[Any, Any]]]]:
+    """Aggregates of each key's lowest and highest value over the rows where `only` holds,
+    and how to read ``{key: (min, max)}`` from the row they return (after any aggregates
+    before them), so the bounds come from a pass the stage makes anyway."""
+    from pyspark.sql import functions as F
+
+    aggregates = [f(F.when(only, F.col(quote(k)))) for k in keys for f in (F.min, F.max)]
+
+    def read(row: Row) -> dict[str, tuple[Any, Any]]:
+        values = list(row)[len(row) - len(aggregates) :]
+        return {
+            key: (values[2 * i], values[2 * i + 1])
+            for i, key in enumerate(keys)
+            if values[2 * i] is not None and values[2 * i + 1] is not None
+        }
+
+    return aggregates, read
 
 
 def bound_predicates(bounds: dict[str, tuple[Any, Any]]) -> list[str]:
@@ -306,10 +320,10 @@ def _merge_or_append(
     lake: Lake,
     relative: str,
     model: ProcessedModel,
-    good: DataFrame,
     latest: DataFrame,
     metadata: dict[str, Any],
     result: ProcessedResult,
+    bounds: dict[str, tuple[Any, Any]],
 ) -> None:
     """MERGE the deduplicated incoming rows by key into the table, in one commit.
 
@@ -318,7 +332,6 @@ def _merge_or_append(
     the same rows without the MERGE's join.
     """
     uri = lake.spark_uri(relative)
-    bounds = key_bounds(good, model.primary_key)
     key = model.primary_key[0]
     if (
         len(model.primary_key) == 1
@@ -398,16 +411,19 @@ def process_table(
     typed, columns = typed_with_reasons(raw, model, table, extra_columns(raw, model, table))
     typed = typed.cache()
     try:
+        well_typed = F.size("_raw2gold_reasons") == 0
+        ranges, read_ranges = key_bounds(bound_keys(typed, model.primary_key), well_typed)
         counts = typed.agg(
             F.count(F.lit(1)).alias("n"),
             F.sum(F.when(F.size("_raw2gold_reasons") > 0, 1).otherwise(0)).alias("bad"),
+            *ranges,
         ).collect()[0]
         result.rows_read = int(counts["n"])
         result.rows_quarantined = int(counts["bad"] or 0)
         if result.rows_quarantined:
             _quarantine(spark, lake, table, typed.where(F.size("_raw2gold_reasons") > 0), run_id)
             log.warning("processed %s: %d row(s) quarantined", table, result.rows_quarantined)
-        good = typed.where(F.size("_raw2gold_reasons") == 0)
+        good = typed.where(well_typed)
         latest = deduplicate(good, model).select(*[quote(c) for c in columns], *META_COLUMNS)
         seen = sorted(set(all_ids if snapshot else []) | done | set(result.raw_runs))
         metadata = {
@@ -430,7 +446,8 @@ def process_table(
                 writer.save(uri)
         else:
             result.columns_added = _add_new_columns(spark, uri, latest, table)
-            _merge_or_append(spark, lake, relative, model, good, latest, metadata, result)
+            bounds = read_ranges(counts)
+            _merge_or_append(spark, lake, relative, model, latest, metadata, result, bounds)
     finally:
         typed.unpersist()
     result.delta_version = log_version(lake, relative)
