@@ -36,9 +36,9 @@ def test_credentials_are_not_in_repr(s3_lake: Lake, s3_server) -> None:
     assert s3_server.secret_key not in repr(s3_lake.credentials)
 
 
-def test_replace_parquet_on_s3(s3_lake: Lake) -> None:
+def test_staging_folders_on_s3(s3_lake: Lake) -> None:
     """A folder written from the driver (an incremental build's affected groups) replaces what
-    was there, and reads back whole."""
+    was there and reads back whole; staged runs list and delete as folders."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -48,3 +48,6 @@ def test_replace_parquet_on_s3(s3_lake: Lake) -> None:
     assert s3_lake.list_files(folder) == [f"{folder}/part-00000.parquet"]
     read = pq.read_table(s3_lake.path(folder), filesystem=s3_lake.fs)
     assert read.column("__r2g_by_0").to_pylist() == [7, 8]
+    assert s3_lake.staged_runs() == ["run1"]  # prefixes list as folders
+    s3_lake.delete_dir(s3_lake.staging_run("run1"))
+    assert s3_lake.list_files("_staging") == []

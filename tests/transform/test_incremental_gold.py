@@ -154,6 +154,17 @@ def test_a_group_that_empties_is_removed(shop: Any, spark: Any) -> None:
     assert_gold_matches_reference(shop.config)
 
 
+def test_published_runs_staging_is_removed(shop: Any, spark: Any) -> None:
+    """A finished publish removes the staging of the runs published before it (each held a copy
+    of the gold it rebuilt); publishing one of them again is then a no-op, gold untouched."""
+    assert shop.lake.staged_runs() == ["run4"]
+    before = _gold_state(shop)
+    summary = run_stage(shop.config, "publish", "run3", spark=spark)
+    assert {g["action"] for g in summary["gold"].values()} == {"already_published"}
+    assert _gold_state(shop) == before
+    assert shop.lake.staged_runs() == ["run4"]
+
+
 def test_unchanged_inputs_publish_nothing(shop: Any, spark: Any) -> None:
     before = _gold_state(shop)
     summaries = run_all(shop, spark, "run5")

@@ -168,6 +168,20 @@ class Lake:
         return f"_state/checks/processed/{table}.json"
 
     @staticmethod
+    def staging_run(run_id: str) -> str:
+        """Everything a run staged (its gold, build records and affected groups)."""
+        return f"_staging/{run_id}"
+
+    def staged_runs(self) -> list[str]:
+        """The runs that have a staging folder."""
+        selector = pafs.FileSelector(self.path("_staging"), allow_not_found=True)
+        return sorted(
+            info.base_name
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.Directory
+        )
+
+    @staticmethod
     def staging_gold(run_id: str, table: str) -> str:
         return f"_staging/{run_id}/gold/{table}"
 

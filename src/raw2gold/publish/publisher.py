@@ -458,6 +458,15 @@ def publish(
     names = gold_order(config)
     builds = {table: staged_build(lake, run_id, table) for table in names}
     missing = [t for t, b in builds.items() if b is None]
+    done = lake.read_record(lake.run_record(run_id, "publish")) or {}
+    if missing and done.get("status") != "failed" and set(done.get("gold") or {}) >= set(names):
+        log.info("run %s was published before (its staging is removed): nothing to do", run_id)
+        fields = set(PublishResult.__dataclass_fields__)
+        recorded = [{k: v for k, v in done["gold"][t].items() if k in fields} for t in names]
+        return [
+            PublishResult(**{**r, "action": "already_published", "duration_seconds": 0.0})
+            for r in recorded
+        ]
     if missing:
         raise PublishError(
             f"gold {', '.join(missing)} not staged in run {run_id}: run transform first"
@@ -482,7 +491,26 @@ def publish(
         lake.run_record(run_id, "publish"),
         {"run_id": run_id, "lineage": base, "gold": {r.table: r.as_dict() for r in results}},
     )
+    removed = remove_published_staging(lake, keep=run_id)
+    if removed:
+        log.info("removed the staging of %d published run(s): %s", len(removed), ", ".join(removed))
     return results
+
+
+def remove_published_staging(lake: Lake, keep: str) -> list[str]:
+    """Delete the staging folders of the runs whose publish finished, except `keep`'s.
+
+    A run reads only its own staging, and a published one only needs it to repeat its check or
+    publish stage (clearing the whole run stages it again). A run whose publish failed or never
+    ran keeps its staging for a retry.
+    """
+    removed = []
+    for run in lake.staged_runs():
+        record = lake.read_record(lake.run_record(run, "publish"))
+        if run != keep and record is not None and record.get("status") != "failed":
+            lake.delete_dir(lake.staging_run(run))
+            removed.append(run)
+    return removed
 
 
 def read_gold(spark: SparkSession, config: PipelineConfig, table: str) -> DataFrame:
