@@ -174,12 +174,7 @@ class Lake:
 
     def staged_runs(self) -> list[str]:
         """The runs that have a staging folder."""
-        selector = pafs.FileSelector(self.path("_staging"), allow_not_found=True)
-        return sorted(
-            info.base_name
-            for info in self.fs.get_file_info(selector)
-            if info.type == pafs.FileType.Directory
-        )
+        return sorted(self.folders("_staging"))
 
     @staticmethod
     def staging_gold(run_id: str, table: str) -> str:
@@ -237,6 +232,15 @@ class Lake:
             for info in self.fs.get_file_info(selector)
             if info.type == pafs.FileType.File and info.path.endswith(suffix)
         )
+
+    def folders(self, relative: str) -> list[str]:
+        """Names of the folders directly below a folder (none when it does not exist)."""
+        selector = pafs.FileSelector(self.path(relative), allow_not_found=True)
+        return [
+            info.base_name
+            for info in self.fs.get_file_info(selector)
+            if info.type == pafs.FileType.Directory
+        ]
 
     def delete_dir(self, relative: str) -> None:
         path = self.path(relative)

@@ -25,8 +25,6 @@ import time
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
-import pyarrow.fs as pafs
-
 from raw2gold.config.loader import gold_order
 from raw2gold.config.models import PipelineConfig
 from raw2gold.lake.layout import Lake, utc_now
@@ -314,12 +312,8 @@ def _replace_groups(
 
 
 def _version_dirs(lake: Lake, table: str) -> list[str]:
-    selector = pafs.FileSelector(lake.path(lake.gold_table(table)), allow_not_found=True)
-    return [
-        info.base_name.removeprefix("version=")
-        for info in lake.fs.get_file_info(selector)
-        if info.type == pafs.FileType.Directory and info.base_name.startswith("version=")
-    ]
+    folders = lake.folders(lake.gold_table(table))
+    return [f.removeprefix("version=") for f in folders if f.startswith("version=")]
 
 
 def _publish_parquet(
