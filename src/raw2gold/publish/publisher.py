@@ -448,7 +448,6 @@ def publish(
         for c in (checks or {}).get("checks", [])
     ]
     checked_rows: dict[str, Any] = (checks or {}).get("rows") or {}
-    base = lineage(spark, config, run_id)
     names = gold_order(config)
     builds = {table: staged_build(lake, run_id, table) for table in names}
     missing = [t for t, b in builds.items() if b is None]
@@ -465,6 +464,7 @@ def publish(
         raise PublishError(
             f"gold {', '.join(missing)} not staged in run {run_id}: run transform first"
         )
+    base = lineage(spark, config, run_id)
 
     def publish_table(session: SparkSession, table: str) -> PublishResult:
         build = builds[table]
