@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from raw2gold.config.loader import load_pipeline
+from raw2gold.config.models import LakeConfig
 from raw2gold.lake.layout import Lake
 from raw2gold.publish.publisher import current_pointer
 from raw2gold.transform.delta import log_commit, log_version
@@ -275,6 +276,41 @@ def test_group_ranges_from_the_driver_equal_sparks(spark: Any) -> None:
             f"CAST(a AS {kind}) = CAST(b AS {kind}) AS same"
         )
         assert all(r.same for r in cast.collect()), (kind, pairs)
+
+
+def test_recorded_schemas_read_back_as_spark_infers(spark: Any, tmp_path: Path) -> None:
+    """Staged rows, affected groups and Parquet gold are read with the schema recorded when
+    they were written (no Spark job for the footers): it must be the schema Spark would infer,
+    for Spark's writes (partitioned too) and for the groups written from the driver."""
+    from decimal import Decimal
+
+    from pyspark.sql import functions as F
+
+    from raw2gold.transform.gold import read_parquet, written_schema
+
+    rows = [
+        (date(2026, 1, 9), datetime(2026, 1, 9, 23, 30, tzinfo=UTC), Decimal("1.50"), "b", 7),
+        (date(2025, 12, 31), datetime(2025, 12, 31, tzinfo=UTC), Decimal("-2.25"), "Ä", -3),
+        (None, None, None, None, None),
+    ]
+    df = (
+        spark.createDataFrame(rows, "d date, t timestamp, m decimal(18,2), s string, i bigint")
+        .withColumn("n", F.col("t").cast("timestamp_ntz"))
+        .withColumn("k", F.lit(1))  # not nullable
+        .withColumn("a", F.array(F.col("i"), F.lit(None).cast("bigint")))
+        .withColumn("st", F.struct(F.col("s").alias("inner"), F.lit(b"x").alias("raw")))
+        .withColumn("mp", F.create_map(F.lit("key"), F.col("m")))
+    )
+    spark_written, partitioned, driver_written = (str(tmp_path / n) for n in ("s", "p", "a"))
+    df.write.parquet(spark_written)
+    df.write.partitionBy("d", "s").parquet(partitioned)
+    groups = df.select("d", "t", "m", "s", "i", "n")
+    Lake(LakeConfig(uri=str(tmp_path))).replace_parquet("a", groups.toArrow())
+    for uri, written in ((spark_written, df), (partitioned, df), (driver_written, groups)):
+        known = read_parquet(spark, uri, written_schema(written.schema))
+        inferred = read_parquet(spark, uri, None)
+        assert known.schema == inferred.schema, uri
+        assert sorted(map(repr, known.collect())) == sorted(map(repr, inferred.collect()))
 
 
 def test_many_groups_are_written_by_spark(

@@ -45,8 +45,10 @@ from raw2gold.transform.gold import (
     parquet_rows,
     prospective,
     read_affected,
+    read_parquet,
     read_staged,
     staged_build,
+    written_schema,
 )
 from raw2gold.transform.parallel import in_parallel
 
@@ -353,6 +355,7 @@ def _publish_parquet(
             "path": relative,
             "format": "parquet",
             "partition_by": model.partition_by,
+            "schema": written_schema(df.schema),
             "published_at": utc_now(),
             "versions": versions,
             "history": [entry, *[e for e in old_entries if e.get("version") != run_id]],
@@ -518,7 +521,7 @@ def read_gold(spark: SparkSession, config: PipelineConfig, table: str) -> DataFr
     pointer = current_pointer(lake, table)
     if pointer is None:
         raise PublishError(f"gold table {table} has not been published yet")
-    return spark.read.parquet(lake.spark_uri(pointer["path"]))
+    return read_parquet(spark, lake.spark_uri(pointer["path"]), pointer.get("schema"))
 
 
 def delta_storage_options(lake: Lake) -> dict[str, str]:

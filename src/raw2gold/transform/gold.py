@@ -84,10 +84,43 @@ def staged_exists(lake: Lake, run_id: str, table: str) -> bool:
     return staged_build(lake, run_id, table) is not None
 
 
+def written_schema(schema: StructType) -> dict[str, Any]:
+    """The schema Spark reads back from Parquet it wrote from a DataFrame of `schema` (every
+    field nullable), as JSON for a record: reading with it needs no Spark job for the footers."""
+    from pyspark.sql.types import ArrayType, DataType, MapType, StructField, StructType
+
+    def nullable(kind: DataType) -> DataType:
+        if isinstance(kind, StructType):
+            return StructType(
+                [StructField(f.name, nullable(f.dataType), True, f.metadata) for f in kind.fields]
+            )
+        if isinstance(kind, ArrayType):
+            return ArrayType(nullable(kind.elementType), True)
+        if isinstance(kind, MapType):
+            return MapType(nullable(kind.keyType), nullable(kind.valueType), True)
+        return kind
+
+    result = nullable(schema).jsonValue()
+    assert isinstance(result, dict)
+    return result
+
+
+def read_parquet(spark: SparkSession, uri: str, schema: dict[str, Any] | None) -> DataFrame:
+    """Parquet this project wrote, with the schema recorded at the write (None: inferred)."""
+    from pyspark.sql.types import StructType
+
+    reader = spark.read
+    if schema:
+        reader = reader.schema(StructType.fromJson(schema))
+    return reader.parquet(uri)
+
+
 def read_staged(spark: SparkSession, config: PipelineConfig, run_id: str, table: str) -> DataFrame:
     """The rows this run's build of a table wrote to staging (incremental: the changed groups)."""
     lake = Lake(config.lake)
-    return spark.read.parquet(lake.spark_uri(lake.staging_gold(run_id, table)))
+    build = staged_build(lake, run_id, table) or {}
+    uri = lake.spark_uri(lake.staging_gold(run_id, table))
+    return read_parquet(spark, uri, build.get("schema"))
 
 
 def _by_match(expressions: list[str]) -> Column:
@@ -103,11 +136,18 @@ def _by_match(expressions: list[str]) -> Column:
 
 
 def read_affected(
-    spark: SparkSession, config: PipelineConfig, run_id: str, table: str
+    spark: SparkSession,
+    config: PipelineConfig,
+    run_id: str,
+    table: str,
+    schema: dict[str, Any] | None = None,
 ) -> DataFrame:
-    """The groups an incremental build recomputed: columns ``__r2g_by_0..n``."""
+    """The groups an incremental build recomputed: columns ``__r2g_by_0..n`` (``schema``:
+    theirs, else the one the build recorded)."""
     lake = Lake(config.lake)
-    return spark.read.parquet(lake.spark_uri(lake.staging_affected(run_id, table)))
+    if schema is None:
+        schema = (staged_build(lake, run_id, table) or {}).get("affected_schema")
+    return read_parquet(spark, lake.spark_uri(lake.staging_affected(run_id, table)), schema)
 
 
 def prospective(spark: SparkSession, config: PipelineConfig, run_id: str, table: str) -> DataFrame:
@@ -332,6 +372,7 @@ class AffectedGroups:
     count: int
     # per `by`: lowest and highest value as text (None: no usable range), NULL occurs, SQL type
     bounds: list[tuple[str | None, str | None, bool, str]]
+    schema: dict[str, Any] | None = None  # of the written groups (see written_schema)
 
 
 def _write_affected(
@@ -367,18 +408,19 @@ def _write_affected(
         groups = groups.where(F.col(f"{AFFECTED_PREFIX}{index}").isNotNull())
     relative = lake.staging_affected(run_id, plan.table)
     distinct = groups.distinct()
+    schema = written_schema(distinct.schema)
     # Usually few: collected with their ranges in one query and written from here; a change
     # touching more groups than that is written and ranged by Spark instead.
     collected = distinct.limit(MAX_COLLECTED_GROUPS + 1).toArrow()
     if collected.num_rows > MAX_COLLECTED_GROUPS:
         distinct.write.mode("overwrite").parquet(lake.spark_uri(relative))
         count = parquet_rows(lake, relative)
-        written = read_affected(spark, config, run_id, plan.table)
-        return AffectedGroups(count, _spark_bounds(written) if count else [])
+        written = read_affected(spark, config, run_id, plan.table, schema)
+        return AffectedGroups(count, _spark_bounds(written) if count else [], schema)
     lake.replace_parquet(relative, collected)
     if not collected.num_rows:
-        return AffectedGroups(0, [])
-    return AffectedGroups(collected.num_rows, _arrow_bounds(distinct.schema, collected))
+        return AffectedGroups(0, [], schema)
+    return AffectedGroups(collected.num_rows, _arrow_bounds(distinct.schema, collected), schema)
 
 
 def _exact(kind: str) -> bool:
@@ -460,7 +502,7 @@ def _group_filtered(
 
     incremental = config.gold[table].incremental
     assert incremental is not None
-    groups = F.broadcast(read_affected(spark, config, run_id, table))
+    groups = F.broadcast(read_affected(spark, config, run_id, table, affected.schema))
 
     def filtered(name: str) -> DataFrame:
         df = ref(name)
@@ -481,11 +523,13 @@ def _group_filtered(
 
 def _write_staged(
     spark: SparkSession, config: PipelineConfig, run_id: str, table: str, ref: Ref
-) -> None:
+) -> dict[str, Any]:
+    """Write the model's rows to staging; the schema they are read back with."""
     lake = Lake(config.lake)
     try:
         df = model_dataframe(spark, config, table, ref)
         df.write.mode("overwrite").parquet(lake.spark_uri(lake.staging_gold(run_id, table)))
+        return written_schema(df.schema)
     except GoldError:
         raise
     except Exception as exc:
@@ -539,17 +583,24 @@ def _build_one(
             if affected.count == 0:
                 plan.mode, plan.reason = "unchanged", "inputs changed no rows"
     rows = 0
+    schema = None
     if plan.mode == "unchanged":
         lake.delete_dir(staging)
     else:
         model_ref = make_ref(spark, config, run_id)
         if plan.mode == "incremental":
             model_ref = _group_filtered(spark, config, run_id, table, model_ref, affected)
-        _write_staged(spark, config, run_id, table, model_ref)
+        schema = _write_staged(spark, config, run_id, table, model_ref)
         rows = parquet_rows(lake, staging)
     lake.write_json(
         lake.staging_build(run_id, table),
-        {**plan.as_dict(), "groups": affected.count, "rows": rows},
+        {
+            **plan.as_dict(),
+            "groups": affected.count,
+            "rows": rows,
+            "schema": schema,
+            "affected_schema": affected.schema,
+        },
     )
     log.info("gold %s: %s build (%s), %d rows staged", table, plan.mode, plan.reason, rows)
     return GoldResult(
