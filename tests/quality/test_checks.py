@@ -62,6 +62,31 @@ def test_every_check_type(spark: Any, tables: dict[str, Any]) -> None:
     )
 
 
+def test_row_checks_on_the_same_rows_are_one_pass(spark: Any, tables: dict[str, Any]) -> None:
+    """not_null, accepted_values and expression over the same rows are counted by one query:
+    three passing row checks start as many Spark jobs as one of them does."""
+    sc = spark.sparkContext
+
+    def jobs(label: str, checks: list[CheckConfig]) -> tuple[list[bool], int]:
+        sc.setJobGroup(label, label)
+        try:
+            results = run_checks(spark, "orders", tables["orders"], checks, tables.__getitem__)
+        finally:
+            sc.setJobGroup("", "")
+        return [r.passed for r in results], len(sc.statusTracker().getJobIdsForGroup(label))
+
+    one = [CheckConfig(type="not_null", columns=["id"])]
+    three = [
+        *one,
+        CheckConfig(type="accepted_values", columns=["customer"], values=[0, 1, 2, 3, 99]),
+        CheckConfig(type="expression", expression="amount >= -1"),
+    ]
+    passed_one, jobs_one = jobs("one-row-check", one)
+    passed_three, jobs_three = jobs("three-row-checks", three)
+    assert passed_one == [True] and passed_three == [True, True, True]
+    assert jobs_three == jobs_one
+
+
 def test_warn_failures_do_not_stop_the_stage(spark: Any, tables: dict[str, Any]) -> None:
     checks = [
         CheckConfig(type="accepted_values", columns=["status"], values=["ok"], severity="warn"),

@@ -19,7 +19,7 @@ from raw2gold.config.models import CheckConfig
 from raw2gold.transform.delta import sql_literal
 
 if TYPE_CHECKING:
-    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql import Column, DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +99,41 @@ def _json_safe(value: Any) -> Any:
     return value
 
 
+def row_violation(check: CheckConfig) -> Column | None:
+    """For a check of each row on its own (ROW_CHECKS): the condition a violating row meets."""
+    from pyspark.sql import functions as F
+
+    cols = [F.col(f"`{c}`") for c in check.columns]
+    if check.type == "not_null":
+        condition = cols[0].isNull()
+        for col in cols[1:]:
+            condition = condition | col.isNull()
+        return condition
+    if check.type == "accepted_values":
+        values = ", ".join(sql_literal(v) for v in check.values)
+        return cols[0].isNotNull() & ~F.expr(f"`{check.columns[0]}` IN ({values})")
+    if check.type == "expression":
+        return ~F.coalesce(F.expr(f"({check.expression})"), F.lit(False))
+    return None
+
+
+def _row_check_counts(df: DataFrame, checks: list[CheckConfig]) -> list[int] | None:
+    """The violating rows of several row checks, counted in one pass over `df`; None when
+    that query fails (each check then runs, and fails, on its own with its message)."""
+    from pyspark.sql import functions as F
+
+    counts = []
+    for check in checks:
+        violates = row_violation(check)
+        assert violates is not None
+        counts.append(F.count(F.when(violates, F.lit(1))))
+    try:
+        row = df.agg(*counts).collect()[0]
+    except Exception:
+        return None
+    return [int(row[i]) for i in range(len(checks))]
+
+
 def offending_rows(
     spark: SparkSession,
     table: str,
@@ -110,26 +145,19 @@ def offending_rows(
     from pyspark.sql import functions as F
 
     cols = [F.col(f"`{c}`") for c in check.columns]
-    if check.type == "not_null":
-        condition = cols[0].isNull()
-        for col in cols[1:]:
-            condition = condition | col.isNull()
-        return df.where(condition)
+    violates = row_violation(check)
+    if violates is not None:
+        return df.where(violates)
     if check.type == "unique":
         keyed = df
         for col in cols:
             keyed = keyed.where(col.isNotNull())
         return keyed.groupBy(*cols).agg(F.count(F.lit(1)).alias("_count")).where("_count > 1")
-    if check.type == "accepted_values":
-        values = ", ".join(sql_literal(v) for v in check.values)
-        return df.where(cols[0].isNotNull() & ~F.expr(f"`{check.columns[0]}` IN ({values})"))
     if check.type == "relationships":
         assert check.to is not None
         target_table, _, target_column = check.to.partition(".")
         keys = ref(target_table).select(F.col(f"`{target_column}`").alias("_r2g_key"))
         return df.where(cols[0].isNotNull()).join(keys, cols[0] == F.col("_r2g_key"), "left_anti")
-    if check.type == "expression":
-        return df.where(f"NOT coalesce(({check.expression}), false)")
     if check.type == "sql":
         assert check.sql is not None
         view = f"__r2g_check_{table}"
@@ -211,10 +239,12 @@ def run_check(
     check: CheckConfig,
     ref: Callable[[str], DataFrame],
     scope: CheckScope | None = None,
+    failing: int | None = None,
 ) -> CheckResult:
     """Run one check; a check that cannot run (bad SQL, unknown column) fails with a message.
 
-    ``scope``: what is known without reading the whole table.
+    ``scope``: what is known without reading the whole table; ``failing``: the violating rows
+    when already counted (the offending rows are then read only for a sample).
     """
     label = check.label
     scope = scope or CheckScope()
@@ -226,7 +256,8 @@ def run_check(
         rebuilt = scope.rows_to_check(check)
         bad = offending_rows(spark, table, df if rebuilt is None else rebuilt, check, ref)
         assert bad is not None
-        failing = bad.count()
+        if failing is None:
+            failing = bad.count()
         if check.type == "unique" and failing:
             failing = int(bad.agg({"_count": "sum"}).collect()[0][0])
         sample = (
@@ -260,8 +291,27 @@ def run_checks(
     ref: Callable[[str], DataFrame],
     scope: CheckScope | None = None,
 ) -> list[CheckResult]:
-    """Run a table's checks; log every failure with its sample."""
-    results = [run_check(spark, table, df, check, ref, scope) for check in checks]
+    """Run a table's checks; log every failure with its sample.
+
+    The row checks (not_null, accepted_values, expression) that read the same rows are counted
+    together, in one pass.
+    """
+    scope = scope or CheckScope()
+    counted: dict[int, int] = {}
+    rows_read: dict[int, tuple[DataFrame, list[int]]] = {}
+    for index, check in enumerate(checks):
+        if check.type in ROW_CHECKS:
+            target = scope.rows_to_check(check)
+            source = df if target is None else target
+            rows_read.setdefault(id(source), (source, []))[1].append(index)
+    for source, indexes in rows_read.values():
+        if len(indexes) > 1:
+            counts = _row_check_counts(source, [checks[i] for i in indexes])
+            counted.update(zip(indexes, counts or [], strict=False))
+    results = [
+        run_check(spark, table, df, check, ref, scope, counted.get(index))
+        for index, check in enumerate(checks)
+    ]
     for result in results:
         if not result.passed:
             level = logging.ERROR if result.severity == "error" else logging.WARNING
