@@ -394,7 +394,7 @@ def _publish_table(
             round(time.monotonic() - started, 3),
         )
     incremental = build["mode"] == "incremental"
-    df = read_staged(spark, config, run_id, table)
+    df = read_staged(spark, config, run_id, table, build)
     # Rows as the check stage counted them, or the staged rows of a full build; else an
     # incremental publish reads them after writing (Delta log, Parquet footers).
     counted = checked_rows.get(table)

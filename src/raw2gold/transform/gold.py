@@ -85,22 +85,10 @@ def staged_exists(lake: Lake, run_id: str, table: str) -> bool:
 
 
 def written_schema(schema: StructType) -> dict[str, Any]:
-    """The schema Spark reads back from Parquet it wrote from a DataFrame of `schema` (every
-    field nullable), as JSON for a record: reading with it needs no Spark job for the footers."""
-    from pyspark.sql.types import ArrayType, DataType, MapType, StructField, StructType
-
-    def nullable(kind: DataType) -> DataType:
-        if isinstance(kind, StructType):
-            return StructType(
-                [StructField(f.name, nullable(f.dataType), True, f.metadata) for f in kind.fields]
-            )
-        if isinstance(kind, ArrayType):
-            return ArrayType(nullable(kind.elementType), True)
-        if isinstance(kind, MapType):
-            return MapType(nullable(kind.keyType), nullable(kind.valueType), True)
-        return kind
-
-    result = nullable(schema).jsonValue()
+    """The schema of Parquet written from a DataFrame of `schema`, as JSON for a record:
+    reading with it needs no Spark job for the footers (Spark makes every field of a file
+    source nullable, as it does for an inferred schema)."""
+    result = schema.jsonValue()
     assert isinstance(result, dict)
     return result
 
@@ -115,10 +103,18 @@ def read_parquet(spark: SparkSession, uri: str, schema: dict[str, Any] | None) -
     return reader.parquet(uri)
 
 
-def read_staged(spark: SparkSession, config: PipelineConfig, run_id: str, table: str) -> DataFrame:
-    """The rows this run's build of a table wrote to staging (incremental: the changed groups)."""
+def read_staged(
+    spark: SparkSession,
+    config: PipelineConfig,
+    run_id: str,
+    table: str,
+    build: dict[str, Any] | None = None,
+) -> DataFrame:
+    """The rows this run's build of a table wrote to staging (incremental: the changed groups);
+    ``build``: its build record when the caller has read it already."""
     lake = Lake(config.lake)
-    build = staged_build(lake, run_id, table) or {}
+    if build is None:
+        build = staged_build(lake, run_id, table) or {}
     uri = lake.spark_uri(lake.staging_gold(run_id, table))
     return read_parquet(spark, uri, build.get("schema"))
 
@@ -166,14 +162,14 @@ def prospective(spark: SparkSession, config: PipelineConfig, run_id: str, table:
         raise GoldError(f"gold {table} is not staged in run {run_id}: run the gold stage first")
     if build["mode"] == "unchanged":
         return read_gold(spark, config, table)
-    staged = read_staged(spark, config, run_id, table)
+    staged = read_staged(spark, config, run_id, table, build)
     if build["mode"] == "full":
         return staged
     incremental = config.gold[table].incremental
     assert incremental is not None
     published = read_gold(spark, config, table)
     kept = published.join(
-        F.broadcast(read_affected(spark, config, run_id, table)),
+        F.broadcast(read_affected(spark, config, run_id, table, build.get("affected_schema"))),
         _by_match([quote(b) for b in incremental.by]),
         "left_anti",
     )

@@ -164,7 +164,7 @@ def _gold_scope(spark: SparkSession, config: PipelineConfig, run_id: str, table:
     scope = CheckScope(rows=rows, previous_rows=previous_rows)
     incremental = config.gold[table].incremental
     if build.get("mode") == "incremental" and incremental is not None:
-        scope.changed = read_staged(spark, config, run_id, table)
+        scope.changed = read_staged(spark, config, run_id, table, build)
         scope.group_by = tuple(incremental.by)
         # incremental means every processed input changed by MERGEs only: none lost a row
         scope.stable = frozenset(n for n in build.get("inputs") or {} if n in config.processed)
