@@ -11,6 +11,7 @@ _state/runs/<run_id>/                     run bookkeeping (stage summaries)
 _state/checks/processed/<table>.json      check results of a processed table's newest version
 _staging/<run_id>/gold/<table>/           gold built and checked, not yet published
 _staging/<run_id>/builds/<table>.json      how it was built (full | incremental | unchanged)
+_staging/<run_id>/affected/<table>/       the groups an incremental build recomputed
 ```
 See docs/lake-layout.md.
 """
@@ -178,17 +179,17 @@ class Lake:
 
     @staticmethod
     def staging_gold(run_id: str, table: str) -> str:
-        return f"_staging/{run_id}/gold/{table}"
+        return f"{Lake.staging_run(run_id)}/gold/{table}"
 
     @staticmethod
     def staging_build(run_id: str, table: str) -> str:
         """What the gold stage decided for a table (full, incremental or unchanged build)."""
-        return f"_staging/{run_id}/builds/{table}.json"
+        return f"{Lake.staging_run(run_id)}/builds/{table}.json"
 
     @staticmethod
     def staging_affected(run_id: str, table: str) -> str:
         """The groups an incremental gold build recomputed (Parquet, one column per `by`)."""
-        return f"_staging/{run_id}/affected/{table}"
+        return f"{Lake.staging_run(run_id)}/affected/{table}"
 
     # ---- small files -------------------------------------------------------------------------
     def exists(self, *parts: str) -> bool:
