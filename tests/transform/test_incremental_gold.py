@@ -23,6 +23,7 @@ from raw2gold.transform.delta import log_commit, log_version
 from raw2gold.transform.gold import plan_build
 from raw2gold.transform.job import STAGES, run_stage
 from tests.publish.digest import tree_digest
+from tests.story import Story
 from tests.transform.rawdata import categories, shop_records, ts, write_raw_run
 from tests.transform.reference import assert_gold_matches_reference, parse_ts
 
@@ -61,29 +62,9 @@ def day_of(row: dict[str, Any]) -> date:
     return stamp.date()
 
 
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory, spark: Any, shop_pipeline: Path) -> Any:
-    lake_dir = tmp_path_factory.mktemp("incremental") / "lake"
-    config = load_pipeline(shop_pipeline, str(lake_dir))
-    lake = Lake(config.lake)
-    records = shop_records()
-    write_raw_run(lake, "faker", "r1", records, T0)
-    write_raw_run(lake, "catalog_csv", "c1", {"make_categories": categories()}, T0)
-    shop = SimpleNamespace(config=config, lake=lake, records=records)
-    shop.first = run_all(shop, spark, "run1")
-    return shop
-
-
-def test_first_build_is_full(shop: Any) -> None:
-    assert builds(shop.first) == {
-        DAILY: ("full", "first build", -1),
-        CLV: ("full", "first build", -1),
-        TOP: ("full", "first build", -1),
-    }
-    assert_gold_matches_reference(shop.config)
-
-
-def test_changed_purchases_rebuild_only_their_days_and_customers(shop: Any, spark: Any) -> None:
+def change_purchases(shop: Any, spark: Any) -> SimpleNamespace:
+    """run2: new purchases, one moved to another day, one returned, one still in a cart; a user
+    changes e-mail."""
     completed = [p for p in shop.records["purchases"] if p["purchased_at"] and not p["returned_at"]]
     moved, returned = completed[0], completed[1]
     later = ts(8, 1)
@@ -99,7 +80,87 @@ def test_changed_purchases_rebuild_only_their_days_and_customers(shop: Any, spar
     write_raw_run(
         shop.lake, "faker", "r2", {"purchases": changes, "users": users}, T0 + timedelta(days=1)
     )
-    summaries = run_all(shop, spark, "run2")
+    return SimpleNamespace(summaries=run_all(shop, spark, "run2"), moved=moved, returned=returned)
+
+
+def buy_on_a_new_day(shop: Any, spark: Any) -> dict[str, Any]:
+    """run3: one purchase on a day gold has no row for yet."""
+    write_raw_run(
+        shop.lake, "faker", "r3", {"purchases": [purchase(301, 7, 3, 12)]}, T0 + timedelta(days=2)
+    )
+    return run_all(shop, spark, "run3")
+
+
+def return_it(shop: Any, spark: Any) -> dict[str, Any]:
+    """run4: that purchase is returned, so its day has no revenue left."""
+    returned = {**purchase(301, 7, 3, 12, returned=True), "updated_at": ts(13, 5)}
+    write_raw_run(shop.lake, "faker", "r4", {"purchases": [returned]}, T0 + timedelta(days=3))
+    return run_all(shop, spark, "run4")
+
+
+def run_without_changes(shop: Any, spark: Any, run_id: str) -> SimpleNamespace:
+    """A run with no new raw data: the gold before it and the run's summaries."""
+    before = _gold_state(shop)
+    return SimpleNamespace(before=before, summaries=run_all(shop, spark, run_id))
+
+
+def change_a_product(shop: Any, spark: Any) -> dict[str, Any]:
+    """run6: a product's price changes (products is not an incremental input)."""
+    product = {**shop.records["products"][0], "price": 999.99, "updated_at": ts(20)}
+    write_raw_run(shop.lake, "faker", "r6", {"products": [product]}, T0 + timedelta(days=4))
+    return run_all(shop, spark, "run6")
+
+
+def change_more_groups_than_collected(shop: Any, spark: Any) -> dict[str, Any]:
+    """run9: two new purchases while at most one affected group is collected to the driver."""
+    from raw2gold.transform import gold
+
+    changes = [purchase(901, 8, 1, 14), purchase(902, 9, 2, 15)]
+    write_raw_run(shop.lake, "faker", "r9", {"purchases": changes}, T0 + timedelta(days=9))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(gold, "MAX_COLLECTED_GROUPS", 1)
+        return run_all(shop, spark, "run9")
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory, spark: Any, shop_pipeline: Path) -> Any:
+    """The shop's lake and the runs this module's tests follow, reached in order
+    (:class:`tests.story.Story`): a test picked alone runs the ones before its own first."""
+    lake_dir = tmp_path_factory.mktemp("incremental") / "lake"
+    config = load_pipeline(shop_pipeline, str(lake_dir))
+    lake = Lake(config.lake)
+    records = shop_records()
+    write_raw_run(lake, "faker", "r1", records, T0)
+    write_raw_run(lake, "catalog_csv", "c1", {"make_categories": categories()}, T0)
+    shop = SimpleNamespace(config=config, lake=lake, records=records)
+    shop.story = Story(
+        [
+            ("run1", lambda: run_all(shop, spark, "run1")),
+            ("run2", lambda: change_purchases(shop, spark)),
+            ("run3", lambda: buy_on_a_new_day(shop, spark)),
+            ("run4", lambda: return_it(shop, spark)),
+            ("run5", lambda: run_without_changes(shop, spark, "run5")),
+            ("run6", lambda: change_a_product(shop, spark)),
+            ("run6 again", lambda: run_without_changes(shop, spark, "run6")),
+            ("run7", lambda: run_all(shop, spark, "run7", full_refresh=True)),
+            ("run9", lambda: change_more_groups_than_collected(shop, spark)),
+        ]
+    )
+    return shop
+
+
+def test_first_build_is_full(shop: Any) -> None:
+    assert builds(shop.story.reach("run1")) == {
+        DAILY: ("full", "first build", -1),
+        CLV: ("full", "first build", -1),
+        TOP: ("full", "first build", -1),
+    }
+    assert_gold_matches_reference(shop.config)
+
+
+def test_changed_purchases_rebuild_only_their_days_and_customers(shop: Any) -> None:
+    run2 = shop.story.reach("run2")
+    summaries, moved, returned = run2.summaries, run2.moved, run2.returned
 
     # the NULL day is not rebuilt: not_null(purchase_date) keeps it out of gold anyway
     days = {date(2026, 1, 10), day_of(moved), day_of(returned)}
@@ -136,19 +197,14 @@ def test_changed_purchases_rebuild_only_their_days_and_customers(shop: Any, spar
     }
 
 
-def test_a_group_that_empties_is_removed(shop: Any, spark: Any) -> None:
-    write_raw_run(
-        shop.lake, "faker", "r3", {"purchases": [purchase(301, 7, 3, 12)]}, T0 + timedelta(days=2)
-    )
-    run_all(shop, spark, "run3")
+def test_a_group_that_empties_is_removed(shop: Any) -> None:
+    shop.story.reach("run3")
     assert_gold_matches_reference(shop.config)
     assert date(2026, 1, 13) in _gold_days(shop)
     # a day gold did not have yet: appended, not a replaceWhere overwrite
     assert _newest_write(shop.lake, DAILY) == ("Append", None)
 
-    returned = {**purchase(301, 7, 3, 12, returned=True), "updated_at": ts(13, 5)}
-    write_raw_run(shop.lake, "faker", "r4", {"purchases": [returned]}, T0 + timedelta(days=3))
-    summaries = run_all(shop, spark, "run4")
+    summaries = shop.story.reach("run4")
     assert builds(summaries)[DAILY] == ("incremental", "changed: purchases", 1)
     assert date(2026, 1, 13) not in _gold_days(shop)
     assert _newest_write(shop.lake, DAILY) == ("Overwrite", "(`purchase_date` = DATE'2026-01-13')")
@@ -158,6 +214,7 @@ def test_a_group_that_empties_is_removed(shop: Any, spark: Any) -> None:
 def test_published_runs_staging_is_removed(shop: Any, spark: Any) -> None:
     """A finished publish removes the staging of the runs published before it (each held a copy
     of the gold it rebuilt); publishing one of them again is then a no-op, gold untouched."""
+    shop.story.reach("run4")
     assert shop.lake.staged_runs() == ["run4"]
     before = _gold_state(shop)
     summary = run_stage(shop.config, "publish", "run3", spark=spark)
@@ -166,9 +223,9 @@ def test_published_runs_staging_is_removed(shop: Any, spark: Any) -> None:
     assert shop.lake.staged_runs() == ["run4"]
 
 
-def test_unchanged_inputs_publish_nothing(shop: Any, spark: Any) -> None:
-    before = _gold_state(shop)
-    summaries = run_all(shop, spark, "run5")
+def test_unchanged_inputs_publish_nothing(shop: Any) -> None:
+    run5 = shop.story.reach("run5")
+    summaries = run5.summaries
     assert {t: b[0] for t, b in builds(summaries).items()} == dict.fromkeys(
         (DAILY, CLV, TOP), "unchanged"
     )
@@ -178,29 +235,26 @@ def test_unchanged_inputs_publish_nothing(shop: Any, spark: Any) -> None:
     users = [c for c in summaries["transform"]["checks"] if c["table"] == "users"]
     assert len(users) == 3
     assert all(c["passed"] and c["message"].endswith("checked by run run2") for c in users)
-    assert _gold_state(shop) == before
+    assert _gold_state(shop) == run5.before
     assert_gold_matches_reference(shop.config)
 
 
-def test_a_change_outside_the_incremental_inputs_rebuilds_in_full(shop: Any, spark: Any) -> None:
-    product = {**shop.records["products"][0], "price": 999.99, "updated_at": ts(20)}
-    write_raw_run(shop.lake, "faker", "r6", {"products": [product]}, T0 + timedelta(days=4))
-    summaries = run_all(shop, spark, "run6")
+def test_a_change_outside_the_incremental_inputs_rebuilds_in_full(shop: Any) -> None:
+    summaries = shop.story.reach("run6")
     reason = "changed: products (not incremental inputs)"
     assert builds(summaries)[DAILY] == ("full", reason, -1)
     assert builds(summaries)[CLV] == ("full", reason, -1)
     assert_gold_matches_reference(shop.config)
 
 
-def test_rerunning_a_published_run_changes_nothing(shop: Any, spark: Any) -> None:
-    before = _gold_state(shop)
-    summaries = run_all(shop, spark, "run6")
-    assert {b[0] for b in builds(summaries).values()} == {"unchanged"}
-    assert _gold_state(shop) == before
+def test_rerunning_a_published_run_changes_nothing(shop: Any) -> None:
+    again = shop.story.reach("run6 again")
+    assert {b[0] for b in builds(again.summaries).values()} == {"unchanged"}
+    assert _gold_state(shop) == again.before
 
 
-def test_full_refresh_and_a_changed_model_rebuild_in_full(shop: Any, spark: Any) -> None:
-    summaries = run_all(shop, spark, "run7", full_refresh=True)
+def test_full_refresh_and_a_changed_model_rebuild_in_full(shop: Any) -> None:
+    summaries = shop.story.reach("run7")
     assert {b[:2] for b in builds(summaries).values()} == {("full", "full refresh requested")}
     assert_gold_matches_reference(shop.config)
 
@@ -313,16 +367,9 @@ def test_recorded_schemas_read_back_as_spark_infers(spark: Any, tmp_path: Path) 
         assert sorted(map(repr, known.collect())) == sorted(map(repr, inferred.collect()))
 
 
-def test_many_groups_are_written_by_spark(
-    shop: Any, spark: Any, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_many_groups_are_written_by_spark(shop: Any) -> None:
     """Past MAX_COLLECTED_GROUPS the affected groups are not collected: Spark writes them."""
-    from raw2gold.transform import gold
-
-    monkeypatch.setattr(gold, "MAX_COLLECTED_GROUPS", 1)
-    changes = [purchase(901, 8, 1, 14), purchase(902, 9, 2, 15)]
-    write_raw_run(shop.lake, "faker", "r9", {"purchases": changes}, T0 + timedelta(days=9))
-    summaries = run_all(shop, spark, "run9")
+    summaries = shop.story.reach("run9")
     assert builds(summaries)[DAILY] == ("incremental", "changed: purchases", 2)
     assert builds(summaries)[CLV] == ("incremental", "changed: purchases", 2)
     affected = shop.lake.list_files(shop.lake.staging_affected("run9", DAILY))

@@ -13,6 +13,7 @@ from raw2gold.config.loader import load_pipeline
 from raw2gold.lake.layout import Lake
 from raw2gold.transform.job import STAGES, run_stage
 from raw2gold.transform.processed import build_processed, processed_raw_runs
+from tests.story import Story
 from tests.transform.rawdata import categories, shop_records, ts, write_raw_run
 from tests.transform.reference import assert_gold_matches_reference, parse_ts, shop_gold
 
@@ -20,71 +21,9 @@ T1 = datetime(2026, 1, 8, 6, tzinfo=UTC)
 T2 = datetime(2026, 1, 9, 6, tzinfo=UTC)
 
 
-@pytest.fixture(scope="module")
-def shop(tmp_path_factory: pytest.TempPathFactory, spark: Any, shop_pipeline: Path) -> Any:
-    lake_dir = tmp_path_factory.mktemp("shop") / "lake"
-    config = load_pipeline(shop_pipeline, str(lake_dir))
-    lake = Lake(config.lake)
-    write_raw_run(lake, "faker", "r1-faker", shop_records(), T1)
-    write_raw_run(lake, "catalog_csv", "r1-csv", {"make_categories": categories()}, T1)
-    summaries = {stage: run_stage(config, stage, "run1", spark=spark) for stage in STAGES}
-    return SimpleNamespace(config=config, lake=lake, summaries=summaries)
-
-
-def processed(spark: Any, shop: Any, table: str) -> dict[Any, Any]:
-    df = spark.read.format("delta").load(shop.lake.spark_uri(f"processed/{table}"))
-    key = "make" if table == "make_categories" else "id"
-    return {r[key]: r.asDict() for r in df.collect()}
-
-
-def test_first_load_types_rows_and_summaries(spark: Any, shop: Any) -> None:
-    transform = shop.summaries["transform"]
-    assert transform["status"] == "succeeded"
-    assert transform["processed"]["users"]["mode"] == "overwrite"
-    assert transform["processed"]["users"]["rows_read"] == 30
-    assert transform["processed"]["users"]["rows_written"] == 30
-    assert transform["processed"]["users"]["rows"] == 30
-    assert transform["gold"]["top_products"]["rows"] == 10
-    assert shop.summaries["publish"]["gold"]["customer_lifetime_value"]["format"] == "parquet"
-    assert transform["processed"]["purchases"]["raw_runs"] == ["r1-faker"]
-    assert {c["check"] for c in transform["checks"]} == {
-        "not_null(id,email)",
-        "unique(id)",
-        "row_count",
-    }
-    assert all(c["passed"] for c in shop.summaries["check"]["checks"])
-    for stage in STAGES:
-        assert shop.lake.read_json(f"_state/runs/run1/{stage}.json")["status"] == "succeeded"
-
-    df = spark.read.format("delta").load(shop.lake.spark_uri("processed/purchases"))
-    types = dict(df.dtypes)
-    assert types["id"] == "bigint" and types["purchased_at"] == "timestamp"
-    assert types["_raw2gold_run_id"] == "string"
-    assert types["_airbyte_extracted_at"] == "timestamp"
-    assert (
-        dict(spark.read.format("delta").load(shop.lake.spark_uri("processed/products")).dtypes)[
-            "price"
-        ]
-        == "decimal(12,2)"
-    )
-    # Timestamps with '+00:00' and without an offset both parse (as UTC).
-    reference = shop_gold(shop.lake)["purchases"]
-    rows = processed(spark, shop, "purchases")
-    assert len(rows) == 120
-    for key, row in rows.items():
-        expected = parse_ts(reference[key]["purchased_at"])
-        got = row["purchased_at"]
-        assert (got is None) == (expected is None)
-        if got is not None:
-            assert got.replace(tzinfo=UTC) == expected
-    assert processed_raw_runs(shop.lake, "processed/users") == {"r1-faker"}
-
-
-def test_gold_matches_independent_computation(shop: Any) -> None:
-    assert_gold_matches_reference(shop.config)
-
-
-def test_incremental_updates_late_duplicates_and_quarantine(spark: Any, shop: Any) -> None:
+def update_users_and_purchases(shop: Any, spark: Any) -> dict[str, Any]:
+    """run2: newer, late and repeated user versions, new purchases (one malformed) and a new
+    categories snapshot, through every stage; the transform summary."""
     users = [
         # newer version of user 1
         {**_user(1), "email": "new1@example.com", "updated_at": ts(3, 1)},
@@ -116,6 +55,86 @@ def test_incremental_updates_late_duplicates_and_quarantine(spark: Any, shop: An
     write_raw_run(shop.lake, "catalog_csv", "r2-csv", {"make_categories": snapshot}, T2)
 
     summary = run_stage(shop.config, "transform", "run2", spark=spark)
+    run_stage(shop.config, "check", "run2", spark=spark)
+    run_stage(shop.config, "publish", "run2", spark=spark)
+    return summary
+
+
+@pytest.fixture(scope="module")
+def shop(tmp_path_factory: pytest.TempPathFactory, spark: Any, shop_pipeline: Path) -> Any:
+    """The shop's lake and its two runs, reached in order (:class:`tests.story.Story`)."""
+    lake_dir = tmp_path_factory.mktemp("shop") / "lake"
+    config = load_pipeline(shop_pipeline, str(lake_dir))
+    lake = Lake(config.lake)
+    write_raw_run(lake, "faker", "r1-faker", shop_records(), T1)
+    write_raw_run(lake, "catalog_csv", "r1-csv", {"make_categories": categories()}, T1)
+    shop = SimpleNamespace(config=config, lake=lake)
+    shop.story = Story(
+        [
+            ("run1", lambda: {s: run_stage(config, s, "run1", spark=spark) for s in STAGES}),
+            ("run2", lambda: update_users_and_purchases(shop, spark)),
+        ]
+    )
+    return shop
+
+
+def processed(spark: Any, shop: Any, table: str) -> dict[Any, Any]:
+    df = spark.read.format("delta").load(shop.lake.spark_uri(f"processed/{table}"))
+    key = "make" if table == "make_categories" else "id"
+    return {r[key]: r.asDict() for r in df.collect()}
+
+
+def test_first_load_types_rows_and_summaries(spark: Any, shop: Any) -> None:
+    summaries = shop.story.reach("run1")
+    transform = summaries["transform"]
+    assert transform["status"] == "succeeded"
+    assert transform["processed"]["users"]["mode"] == "overwrite"
+    assert transform["processed"]["users"]["rows_read"] == 30
+    assert transform["processed"]["users"]["rows_written"] == 30
+    assert transform["processed"]["users"]["rows"] == 30
+    assert transform["gold"]["top_products"]["rows"] == 10
+    assert summaries["publish"]["gold"]["customer_lifetime_value"]["format"] == "parquet"
+    assert transform["processed"]["purchases"]["raw_runs"] == ["r1-faker"]
+    assert {c["check"] for c in transform["checks"]} == {
+        "not_null(id,email)",
+        "unique(id)",
+        "row_count",
+    }
+    assert all(c["passed"] for c in summaries["check"]["checks"])
+    for stage in STAGES:
+        assert shop.lake.read_json(f"_state/runs/run1/{stage}.json")["status"] == "succeeded"
+
+    df = spark.read.format("delta").load(shop.lake.spark_uri("processed/purchases"))
+    types = dict(df.dtypes)
+    assert types["id"] == "bigint" and types["purchased_at"] == "timestamp"
+    assert types["_raw2gold_run_id"] == "string"
+    assert types["_airbyte_extracted_at"] == "timestamp"
+    assert (
+        dict(spark.read.format("delta").load(shop.lake.spark_uri("processed/products")).dtypes)[
+            "price"
+        ]
+        == "decimal(12,2)"
+    )
+    # Timestamps with '+00:00' and without an offset both parse (as UTC).
+    reference = shop_gold(shop.lake)["purchases"]
+    rows = processed(spark, shop, "purchases")
+    assert len(rows) == 120
+    for key, row in rows.items():
+        expected = parse_ts(reference[key]["purchased_at"])
+        got = row["purchased_at"]
+        assert (got is None) == (expected is None)
+        if got is not None:
+            assert got.replace(tzinfo=UTC) == expected
+    assert processed_raw_runs(shop.lake, "processed/users") == {"r1-faker"}
+
+
+def test_gold_matches_independent_computation(shop: Any) -> None:
+    shop.story.reach("run1")
+    assert_gold_matches_reference(shop.config)
+
+
+def test_incremental_updates_late_duplicates_and_quarantine(spark: Any, shop: Any) -> None:
+    summary = shop.story.reach("run2")
     tables = summary["processed"]
     assert tables["users"]["mode"] == "merge"
     assert tables["users"]["raw_runs"] == ["r2-faker"]
@@ -145,12 +164,12 @@ def test_incremental_updates_late_duplicates_and_quarantine(spark: Any, shop: An
     assert "purchased_at" in rows[0]["reason"] and "not-a-date" in rows[0]["reason"]
     assert rows[0]["_airbyte_raw_id"]
 
-    run_stage(shop.config, "check", "run2", spark=spark)
-    run_stage(shop.config, "publish", "run2", spark=spark)
     assert_gold_matches_reference(shop.config)
 
 
 def test_rerun_without_new_raw_runs_changes_nothing(spark: Any, shop: Any) -> None:
+    shop.story.reach("run2")
+
     def versions() -> dict[str, int]:
         newest = "DESCRIBE HISTORY delta.`{}` LIMIT 1"  # Delta's own view, through Spark
         return {
@@ -166,6 +185,7 @@ def test_rerun_without_new_raw_runs_changes_nothing(spark: Any, shop: Any) -> No
 
 
 def test_full_refresh_rebuilds_the_same_content(spark: Any, shop: Any) -> None:
+    shop.story.reach("run2")
     before = {t: processed(spark, shop, t) for t in ("users", "purchases")}
     results = {r.table: r for r in build_processed(spark, shop.config, "run4", full_refresh=True)}
     assert results["users"].mode == "overwrite"
