@@ -1,6 +1,7 @@
 """Benchmark: the shop's raw -> processed -> gold in Spark, against DuckDB computing the same gold.
 
     .venv/bin/python bench/transform.py --orders 1000000 [--orders 5000000] [--untuned]
+                                           [--fresh-jvm]
 
 For each size it generates raw Parquet runs shaped like the connectors' (purchases = orders,
 users = orders/10, 1,000 products, the categories CSV), then prints side by side:
@@ -10,6 +11,10 @@ users = orders/10, 1,000 products, the categories CSV), then prints side by side
 * DuckDB: the same three gold tables from the same raw Parquet (dedup by key, latest cursor);
 * Spark incremental: a second raw run with 1 % new orders, its cost as a share of the full load,
   and how each gold table was built (incremental models rebuild only the changed groups);
+* with ``--fresh-jvm``: the same incremental run in a new process and JVM, on a copy of the lake
+  as the full load left it. The DAG starts a Spark Connect server per run, so its incremental
+  runs pay the JVM's first-time costs (class loading, JIT, code generation) that the run above,
+  in the JVM the full load warmed, does not;
 * with ``--untuned``: the full load again on a fresh lake with Spark's own defaults for the
   settings raw2gold tunes (shuffle partitions 200, Delta snapshot partitions 50).
 
@@ -19,7 +24,10 @@ Gold from Spark and from DuckDB is compared row by row after each load; a differ
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
+import subprocess
+import sys
 import tempfile
 import time
 from datetime import UTC, datetime, timedelta
@@ -314,7 +322,38 @@ def gold_builds(lake: Lake, run_id: str) -> str:
     )
 
 
-def bench(orders: int, work: Path, untuned: bool) -> list[tuple[str, str, str]]:
+def fresh_jvm_incremental(lake_dir: Path, orders: int) -> dict[str, float]:
+    """The +1 % run on ``lake_dir`` in a new Python process and JVM; its stage times."""
+    command = [
+        sys.executable,
+        __file__,
+        "--incremental-only",
+        str(lake_dir),
+        "--orders",
+        str(orders),
+    ]
+    done = subprocess.run(command, capture_output=True, text=True, check=True)
+    last = [line for line in done.stdout.splitlines() if line.startswith("{")][-1]
+    times: dict[str, float] = json.loads(last)
+    return times
+
+
+def incremental_only(lake_dir: Path, orders: int) -> None:
+    """Add 1 % new orders to ``lake_dir``, start Spark, run the stages; print the times as JSON."""
+    config = load_pipeline(SHOP, str(lake_dir))
+    one_percent_more(Lake(config.lake), orders)
+    started = time.perf_counter()
+    spark = spark_session(config, "raw2gold-bench-fresh-jvm")
+    spark.range(1).count()
+    start = time.perf_counter() - started
+    times = spark_run(spark, config, "incr")
+    spark.stop()
+    print(json.dumps({**times, "start": start}))
+
+
+def bench(
+    orders: int, work: Path, untuned: bool, fresh_jvm: bool = False
+) -> list[tuple[str, str, str]]:
     lines: list[tuple[str, str, str]] = []
     lake_dir = work / f"lake-{orders}"
     shutil.rmtree(lake_dir, ignore_errors=True)
@@ -335,6 +374,10 @@ def bench(orders: int, work: Path, untuned: bool) -> list[tuple[str, str, str]]:
     detail = ", ".join(f"{s} {full[s]:.1f}s" for s in STAGES)
     lines.append(("Spark full load", f"{full['total']:.1f}s", detail))
     lines.append(("DuckDB same gold", f"{duck_seconds:.1f}s", f"gold {same}"))
+    fresh_dir = work / f"lake-{orders}-fresh-jvm"
+    if fresh_jvm:
+        shutil.rmtree(fresh_dir, ignore_errors=True)
+        shutil.copytree(lake_dir, fresh_dir)
 
     one_percent_more(lake, orders)
     incr = spark_run(spark, config, "incr")
@@ -362,6 +405,22 @@ def bench(orders: int, work: Path, untuned: bool) -> list[tuple[str, str, str]]:
         settings = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in UNTUNED.items())
         lines.append(("Spark full, untuned", f"{plain['total']:.1f}s", settings))
     spark.stop()
+
+    if fresh_jvm:
+        fresh = fresh_jvm_incremental(fresh_dir, orders)
+        config_fresh = load_pipeline(SHOP, str(fresh_dir))
+        duck, _ = duckdb_gold(Lake(config_fresh.lake))
+        same = compare(spark_gold(config_fresh), duck, "incremental in a fresh JVM")
+        share = 100 * fresh["total"] / full["total"]
+        detail = ", ".join(f"{s} {fresh[s]:.1f}s" for s in STAGES)
+        lines.append(
+            (
+                "Spark +1% in a fresh JVM",
+                f"{fresh['total']:.1f}s",
+                f"{share:.0f}% of full (JVM start {fresh['start']:.1f}s not counted); {detail}",
+            )
+        )
+        lines.append(("", "", f"gold {same}"))
     return lines
 
 
@@ -370,10 +429,17 @@ def main() -> None:
     parser.add_argument("--orders", type=int, action="append", help="orders (repeatable)")
     parser.add_argument("--untuned", action="store_true", help="also run with Spark defaults")
     parser.add_argument("--work", default=None, help="work folder (default: a temp folder)")
+    parser.add_argument(
+        "--fresh-jvm", action="store_true", help="also run the incremental load in a new JVM"
+    )
+    parser.add_argument("--incremental-only", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.incremental_only:  # the fresh-JVM run, in its own process (fresh_jvm_incremental)
+        incremental_only(Path(args.incremental_only), (args.orders or [1_000_000])[0])
+        return
     work = Path(args.work or tempfile.mkdtemp(prefix="raw2gold-bench-"))
     for orders in args.orders or [1_000_000]:
-        lines = bench(orders, work, args.untuned)
+        lines = bench(orders, work, args.untuned, args.fresh_jvm)
         print(f"\n== {orders:,} orders ({orders // 10:,} users, {PRODUCTS} products), local[2]")
         width = max(len(what) for what, _, _ in lines)
         for what, seconds, note in lines:
