@@ -417,7 +417,8 @@ def bench(
             (
                 "Spark +1% in a fresh JVM",
                 f"{fresh['total']:.1f}s",
-                f"{share:.0f}% of full (JVM start {fresh['start']:.1f}s not counted); {detail}",
+                f"{share:.0f}% of full (session start {fresh['start']:.1f}s, JVM launch included, "
+                f"not counted); {detail}",
             )
         )
         lines.append(("", "", f"gold {same}"))

@@ -15,8 +15,7 @@ class Story:
     """Named steps in order; ``reach(name)`` runs the steps up to ``name`` that have not run."""
 
     def __init__(self, steps: list[tuple[str, Callable[[], Any]]]) -> None:
-        self.names = [name for name, _ in steps]
-        self.steps = dict(steps)
+        self.steps = steps
         self.results: dict[str, Any] = {}
 
     def reach(self, name: str) -> Any:
@@ -25,13 +24,13 @@ class Story:
         Fails when a later step has already run: the lake has moved on, and a test that looks
         at it would see another state than the one it was written for.
         """
-        index = self.names.index(name)
+        index = [step for step, _ in self.steps].index(name)
         done = len(self.results)
         if done > index + 1:
             raise AssertionError(
-                f"story step {name!r}: the lake is already at step {self.names[done - 1]!r}; "
+                f"story step {name!r}: the lake is already at step {self.steps[done - 1][0]!r}; "
                 "run this module's tests in file order"
             )
-        for step in self.names[done : index + 1]:
-            self.results[step] = self.steps[step]()
+        for step, run in self.steps[done : index + 1]:
+            self.results[step] = run()
         return self.results[name]
