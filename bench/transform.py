@@ -1,7 +1,7 @@
 """Benchmark: the shop's raw -> processed -> gold in Spark, against DuckDB computing the same gold.
 
     .venv/bin/python bench/transform.py --orders 1000000 [--orders 5000000] [--untuned]
-                                           [--fresh-jvm]
+                                           [--fresh-jvm] [--shared-server N]
 
 For each size it generates raw Parquet runs shaped like the connectors' (purchases = orders,
 users = orders/10, 1,000 products, the categories CSV), then prints side by side:
@@ -15,6 +15,9 @@ users = orders/10, 1,000 products, the categories CSV), then prints side by side
   as the full load left it. The DAG starts a Spark Connect server per run, so its incremental
   runs pay the JVM's first-time costs (class loading, JIT, code generation) that the run above,
   in the JVM the full load warmed, does not;
+* with ``--shared-server N``: on a lake of its own, the full load and then N runs of +1 % new
+  orders, each in a new client process of one Spark Connect server that outlives the runs
+  (``spark.server: shared``): runs after the first find the server's JVM warm;
 * with ``--untuned``: the full load again on a fresh lake with Spark's own defaults for the
   settings raw2gold tunes (shuffle partitions 200, Delta snapshot partitions 50).
 
@@ -25,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -45,6 +49,7 @@ from raw2gold.config import load_pipeline
 from raw2gold.config.models import PipelineConfig
 from raw2gold.lake.layout import Lake
 from raw2gold.publish.publisher import gold_arrow_table
+from raw2gold.transform.connect import REMOTE_ENV, start_server, stop_shared_server
 from raw2gold.transform.job import LAYER_STAGES as STAGES
 from raw2gold.transform.job import run_stage
 from raw2gold.transform.session import spark_session
@@ -186,14 +191,16 @@ def first_load(lake: Lake, orders: int, seed: int = 1) -> None:
     write_run(lake, "catalog_csv", "bench-csv", {"make_categories": categories}, at)
 
 
-def one_percent_more(lake: Lake, orders: int, seed: int = 2) -> None:
-    """1 % new orders, after the existing ids (the incremental case the pipeline is built for)."""
-    rng = np.random.default_rng(seed)
+def one_percent_more(lake: Lake, orders: int, round_: int = 0) -> None:
+    """1 % new orders, after the existing ids (the incremental case the pipeline is built for);
+    ``round_`` n > 0 adds the n+1-th such run, a day later than the one before."""
+    rng = np.random.default_rng(2 + round_)
     users = max(orders // 10, 1)
-    new_ids = np.arange(orders + 1, orders + max(orders // 100, 1) + 1)
-    table = purchases(rng, new_ids, users, 86400 * 440)
-    at = datetime(2026, 1, 2, tzinfo=UTC) + timedelta(hours=1)
-    write_run(lake, "faker", "bench-incr", {"purchases": table}, at)
+    new = max(orders // 100, 1)
+    new_ids = np.arange(orders + 1 + round_ * new, orders + 1 + (round_ + 1) * new)
+    table = purchases(rng, new_ids, users, 86400 * (440 + round_))
+    at = datetime(2026, 1, 2, tzinfo=UTC) + timedelta(days=round_, hours=1)
+    write_run(lake, "faker", f"bench-incr{round_ or ''}", {"purchases": table}, at)
 
 
 LATEST = """
@@ -351,6 +358,61 @@ def incremental_only(lake_dir: Path, orders: int) -> None:
     print(json.dumps({**times, "start": start}))
 
 
+def client_run(lake_dir: Path, run_id: str, url: str) -> dict[str, float]:
+    """The stages of one run in a new Python process, as a client of the server at ``url``."""
+    command = [sys.executable, __file__, "--client-run", str(lake_dir), "--run-id", run_id]
+    env = {**os.environ, REMOTE_ENV: url}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    last = [line for line in done.stdout.splitlines() if line.startswith("{")][-1]
+    times: dict[str, float] = json.loads(last)
+    return times
+
+
+def client_only(lake_dir: Path, run_id: str) -> None:
+    """Run the stages on the Spark Connect server in RAW2GOLD_SPARK_REMOTE; times as JSON."""
+    config = load_pipeline(SHOP, str(lake_dir))
+    spark = spark_session(config, "raw2gold-bench-client")
+    times = spark_run(spark, config, run_id)
+    spark.stop()
+    print(json.dumps(times))
+
+
+def shared_server_runs(orders: int, work: Path, rounds: int) -> list[tuple[str, str, str]]:
+    """A full load, then ``rounds`` runs of +1 %, each in a new client process of one shared
+    Spark Connect server (``spark.server: shared``), as the DAG's runs use it."""
+    lines: list[tuple[str, str, str]] = []
+    lake_dir = work / f"lake-{orders}-shared-server"
+    shutil.rmtree(lake_dir, ignore_errors=True)
+    shop = load_pipeline(SHOP, str(lake_dir))
+    config = shop.model_copy(update={"spark": shop.spark.model_copy(update={"server": "shared"})})
+    lake = Lake(config.lake)
+    first_load(lake, orders)
+    started = time.perf_counter()
+    server = start_server(config, "full", ttl_seconds=7200, say=lambda _: None)
+    lines.append(("shared server start", f"{time.perf_counter() - started:.1f}s", "once"))
+    try:
+        full = client_run(lake_dir, "full", server["url"])
+        detail = ", ".join(f"{s} {full[s]:.1f}s" for s in STAGES)
+        lines.append(("Spark full load (client)", f"{full['total']:.1f}s", detail))
+        for round_ in range(rounds):
+            one_percent_more(lake, orders, round_)
+            incr = client_run(lake_dir, f"incr{round_}", server["url"])
+            share = 100 * incr["total"] / full["total"]
+            detail = ", ".join(f"{s} {incr[s]:.1f}s" for s in STAGES)
+            lines.append(
+                (
+                    f"  +1% run {round_ + 1}, same server",
+                    f"{incr['total']:.1f}s",
+                    f"{share:.0f}% of full; {detail}",
+                )
+            )
+    finally:
+        stop_shared_server(config, say=lambda _: None)
+    duck, _ = duckdb_gold(lake)
+    lines.append(("", "", "gold " + compare(spark_gold(config), duck, "shared server")))
+    return lines
+
+
 def bench(
     orders: int, work: Path, untuned: bool, fresh_jvm: bool = False
 ) -> list[tuple[str, str, str]]:
@@ -433,14 +495,28 @@ def main() -> None:
     parser.add_argument(
         "--fresh-jvm", action="store_true", help="also run the incremental load in a new JVM"
     )
+    parser.add_argument(
+        "--shared-server",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also: a full load and N +1 %% runs through one shared Spark Connect server",
+    )
     parser.add_argument("--incremental-only", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--client-run", default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.incremental_only:  # the fresh-JVM run, in its own process (fresh_jvm_incremental)
         incremental_only(Path(args.incremental_only), (args.orders or [1_000_000])[0])
         return
+    if args.client_run:  # a run on the shared server, in its own process (client_run)
+        client_only(Path(args.client_run), args.run_id)
+        return
     work = Path(args.work or tempfile.mkdtemp(prefix="raw2gold-bench-"))
     for orders in args.orders or [1_000_000]:
         lines = bench(orders, work, args.untuned, args.fresh_jvm)
+        if args.shared_server:
+            lines += shared_server_runs(orders, work, args.shared_server)
         print(f"\n== {orders:,} orders ({orders // 10:,} users, {PRODUCTS} products), local[2]")
         width = max(len(what) for what, _, _ in lines)
         for what, seconds, note in lines:

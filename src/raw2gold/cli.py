@@ -267,6 +267,28 @@ def _airflow(args: argparse.Namespace) -> int:
     return 0 if healthy and all(alive.values()) else 1
 
 
+# ---- spark-server ---------------------------------------------------------------------------
+def cmd_spark_server(args: argparse.Namespace) -> int:
+    from raw2gold.lake import Lake
+    from raw2gold.transform.connect import answering, shared_record, stop_shared_server
+
+    config = _load(args)
+    if args.action == "stop":
+        stop_shared_server(config, console.print)
+        return 0
+    record = Lake(config.lake).read_record(shared_record(config.name))
+    if not record or record.get("stopped_at"):
+        console.print(f"no shared Spark Connect server of {config.name} on this host")
+        return 1
+    alive = answering(record)
+    state = "[green]answering[/green]" if alive else "[red]not answering[/red]"
+    console.print(
+        f"shared Spark Connect server of {config.name}: {record['url']} pid {record['pid']} "
+        f"{state}, up since {record['started_at']}, log {record['log']}"
+    )
+    return 0 if alive else 1
+
+
 def cmd_trigger(args: argparse.Namespace) -> int:
     import httpx
 
@@ -378,6 +400,13 @@ def parser() -> argparse.ArgumentParser:
     )
     airflow.add_argument("--timeout", type=float, default=30.0, help="seconds to wait on down")
     airflow.set_defaults(func=cmd_airflow)
+
+    server = sub.add_parser(
+        "spark-server", help="the pipeline's shared Spark Connect server here: status, stop"
+    )
+    server.add_argument("action", choices=["status", "stop"])
+    with_pipeline(server)
+    server.set_defaults(func=cmd_spark_server)
 
     trigger = sub.add_parser("trigger", help="start a run on the local Airflow and follow it")
     trigger.add_argument("target", metavar="PIPELINE_OR_DAG_ID")

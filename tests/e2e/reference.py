@@ -2,14 +2,18 @@
 
 It shares no code with the Spark stages: it reads the raw manifests and files directly, and
 re-implements dedup (latest `updated_at` per id), typing and the three gold models in SQL.
+Published gold is read without raw2gold's code too (delta-rs, the Parquet pointer).
 """
 
 from __future__ import annotations
 
 import json
+from decimal import Decimal
 from pathlib import Path
 
 import duckdb
+import pyarrow.parquet as pq
+from deltalake import DeltaTable
 
 
 def raw_files(lake: Path, source: str, stream: str) -> list[list[str]]:
@@ -81,3 +85,47 @@ def shop_reference(lake: Path) -> dict[str, list[dict]]:
                GROUP BY 1, 2, 3 ORDER BY revenue DESC, product_id LIMIT 10"""
         ),
     }
+
+
+GOLD_FORMATS = {
+    "daily_category_revenue": "delta",
+    "customer_lifetime_value": "parquet",
+    "top_products": "delta",
+}
+
+
+def read_gold(lake: Path, table: str, fmt: str) -> list[dict]:
+    """Read a published gold table without raw2gold's code: delta-rs, or the Parquet pointer."""
+    path = lake / "gold" / table
+    if fmt == "delta":
+        return DeltaTable(str(path)).to_pyarrow_table().to_pylist()
+    pointer = json.loads((path / "_current.json").read_text())
+    return pq.read_table(str(lake / pointer["path"])).to_pylist()
+
+
+def assert_shop_gold_matches_reference(lake: Path) -> None:
+    """Every published gold table of the shop example equals :func:`shop_reference`."""
+    expected = shop_reference(lake)
+
+    revenue = sorted(
+        read_gold(lake, "daily_category_revenue", "delta"),
+        key=lambda r: (r["purchase_date"], r["category"]),
+    )
+    assert [(r["purchase_date"], r["category"], r["purchases"], r["revenue"]) for r in revenue] == [
+        (r["purchase_date"], r["category"], r["purchases"], r["revenue"])
+        for r in expected["daily_category_revenue"]
+    ]
+    assert sum(r["revenue"] for r in revenue) > Decimal(0)
+
+    clv = sorted(read_gold(lake, "customer_lifetime_value", "parquet"), key=lambda r: r["user_id"])
+    assert [(r["user_id"], r["email"], r["purchases"], r["lifetime_value"]) for r in clv] == [
+        (r["user_id"], r["email"], r["purchases"], r["lifetime_value"])
+        for r in expected["customer_lifetime_value"]
+    ]
+    assert len(clv) == 1000
+
+    top = read_gold(lake, "top_products", "delta")
+    top = sorted(top, key=lambda r: (-r["revenue"], r["product_id"]))
+    assert [(r["product_id"], r["purchases"], r["revenue"]) for r in top] == [
+        (r["product_id"], r["purchases"], r["revenue"]) for r in expected["top_products"]
+    ]

@@ -16,8 +16,7 @@ from pathlib import Path
 
 import yaml
 
-from tests.e2e.reference import shop_reference
-from tests.e2e.test_shop_pipeline import GOLD_FORMATS, read_gold
+from tests.e2e.reference import GOLD_FORMATS, read_gold, shop_reference
 
 
 def mirror(s3_server, bucket: str, prefix: str, target: Path) -> None:

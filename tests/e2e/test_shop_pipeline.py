@@ -11,25 +11,13 @@ import json
 import os
 import subprocess
 import sys
-from decimal import Decimal
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
-from deltalake import DeltaTable
 
-from tests.e2e.reference import shop_reference
+from tests.e2e.reference import GOLD_FORMATS, assert_shop_gold_matches_reference, read_gold
 
 RAW2GOLD = [sys.executable, "-m", "raw2gold.cli"]
-
-
-def read_gold(lake: Path, table: str, fmt: str) -> list[dict]:
-    """Read a published gold table without raw2gold's code: delta-rs, or the Parquet pointer."""
-    path = lake / "gold" / table
-    if fmt == "delta":
-        return DeltaTable(str(path)).to_pyarrow_table().to_pylist()
-    pointer = json.loads((path / "_current.json").read_text())
-    return pq.read_table(str(lake / pointer["path"])).to_pylist()
 
 
 @pytest.fixture(scope="module")
@@ -83,31 +71,7 @@ def test_run_succeeds_and_prints_a_summary(shop_run: dict) -> None:
 
 
 def test_gold_matches_an_independent_computation(shop_run: dict) -> None:
-    lake = shop_run["lake"]
-    expected = shop_reference(lake)
-
-    revenue = sorted(
-        read_gold(lake, "daily_category_revenue", "delta"),
-        key=lambda r: (r["purchase_date"], r["category"]),
-    )
-    assert [(r["purchase_date"], r["category"], r["purchases"], r["revenue"]) for r in revenue] == [
-        (r["purchase_date"], r["category"], r["purchases"], r["revenue"])
-        for r in expected["daily_category_revenue"]
-    ]
-    assert sum(r["revenue"] for r in revenue) > Decimal(0)
-
-    clv = sorted(read_gold(lake, "customer_lifetime_value", "parquet"), key=lambda r: r["user_id"])
-    assert [(r["user_id"], r["email"], r["purchases"], r["lifetime_value"]) for r in clv] == [
-        (r["user_id"], r["email"], r["purchases"], r["lifetime_value"])
-        for r in expected["customer_lifetime_value"]
-    ]
-    assert len(clv) == 1000
-
-    top = read_gold(lake, "top_products", "delta")
-    top = sorted(top, key=lambda r: (-r["revenue"], r["product_id"]))
-    assert [(r["product_id"], r["purchases"], r["revenue"]) for r in top] == [
-        (r["product_id"], r["purchases"], r["revenue"]) for r in expected["top_products"]
-    ]
+    assert_shop_gold_matches_reference(shop_run["lake"])
 
 
 def test_show_prints_a_gold_table(shop_run: dict, shop_pipeline: Path) -> None:
@@ -159,10 +123,3 @@ def test_second_run_is_incremental_and_gold_is_unchanged(
         table: sorted(map(repr, read_gold(lake, table, fmt))) for table, fmt in GOLD_FORMATS.items()
     }
     assert after == before
-
-
-GOLD_FORMATS = {
-    "daily_category_revenue": "delta",
-    "customer_lifetime_value": "parquet",
-    "top_products": "delta",
-}

@@ -21,6 +21,7 @@ from raw2gold.lake.layout import Lake
 from raw2gold.transform.connect import (
     REMOTE_ENV,
     server_record,
+    shared_record,
     start_server,
     stop_server,
     usable_server,
@@ -146,3 +147,72 @@ def test_a_killed_tasks_queries_stop_on_the_shared_server(
         assert "SPARK_CONNECT_MODE_ENABLED" not in os.environ
     finally:
         stop_server(config, "run-kill")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def test_a_shared_server_outlives_its_runs(tmp_path: Path, shop_pipeline: Path) -> None:
+    """``spark.server: shared``: run after run reuses one server (warm JVM); a run lets go of it
+    at its end; changed settings or an age past ``server_hours`` replace it; the CLI stops it."""
+    from raw2gold.cli import main as cli
+
+    base = load_pipeline(shop_pipeline, str(tmp_path / "lake"))
+    config = base.model_copy(update={"spark": base.spark.model_copy(update={"server": "shared"})})
+    lake = Lake(config.lake)
+    said: list[str] = []
+    pids: set[int] = set()
+    # A record left from before a reboot, its PID now another process's: never stopped.
+    stranger = subprocess.Popen(["sleep", "300"], start_new_session=True)
+    pids.add(stranger.pid)
+    lake.write_json(
+        shared_record(config.name),
+        {"url": "sc://127.0.0.1:1", "pid": stranger.pid, "started_epoch": time.time()},
+    )
+    try:
+        first = start_server(config, "run1", ttl_seconds=600, say=said.append)
+        pids.add(first["pid"])
+        assert stranger.poll() is None and not any("replacing" in line for line in said)
+        cmdline = Path(f"/proc/{first['pid']}/cmdline").read_bytes().decode().split("\0")
+        assert cmdline[:3] == ["timeout", "--kill-after=30", f"{24 * 3600 + 600}s"]
+        assert not stop_server(config, "run1", said.append)  # the run lets go; it stays up
+        assert "stays up for the next run" in said[-1] and _alive(first["pid"])
+        assert usable_server(lake, "run1") is None  # a finished run's tasks no longer use it
+
+        second = start_server(config, "run2", ttl_seconds=600, say=said.append)
+        assert (second["pid"], second["url"]) == (first["pid"], first["url"])
+        assert said[-1].startswith("reusing the shared Spark Connect server")
+        assert usable_server(lake, "run2") == second
+
+        tuned = {**config.spark.conf, "spark.sql.shuffle.partitions": "3"}
+        changed = config.model_copy(
+            update={"spark": config.spark.model_copy(update={"conf": tuned})}
+        )
+        third = start_server(changed, "run3", ttl_seconds=600, say=said.append)
+        pids.add(third["pid"])
+        assert third["pid"] != first["pid"] and not _alive(first["pid"])
+        assert any("Spark settings changed" in line for line in said)
+
+        aged = changed.model_copy(
+            update={"spark": changed.spark.model_copy(update={"server_hours": 1 / 3600})}
+        )
+        time.sleep(1.5)
+        fourth = start_server(aged, "run4", ttl_seconds=600, say=said.append)
+        pids.add(fourth["pid"])
+        assert fourth["pid"] != third["pid"] and not _alive(third["pid"])
+        assert any("older than spark.server_hours" in line for line in said)
+
+        pipeline = ["-p", str(shop_pipeline), "--lake", str(tmp_path / "lake")]
+        assert cli(["spark-server", "status", *pipeline]) == 0
+        assert cli(["spark-server", "stop", *pipeline]) == 0
+        assert not _alive(fourth["pid"])
+        assert cli(["spark-server", "status", *pipeline]) == 1
+    finally:
+        for pid in pids:  # whatever the test left running
+            if _alive(pid):
+                os.killpg(pid, 9)

@@ -332,6 +332,18 @@ class SparkConfig(Strict):
         default=None,
         description="ssh mode: path of this pipeline.yaml on the remote host (default: same path)",
     )
+    server: Literal["per_run", "shared"] = Field(
+        default="per_run",
+        description="local mode: a Spark Connect server per run (stopped at the run's end), or "
+        "one shared by the pipeline's runs on this host (stays up: runs after the first find "
+        "its JVM warm)",
+    )
+    server_hours: float = Field(
+        default=24.0,
+        gt=0,
+        description="shared server: how long runs keep reusing it; the first run after that "
+        "starts a new one",
+    )
 
 
 class NotificationsConfig(Strict):

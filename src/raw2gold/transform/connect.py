@@ -12,6 +12,13 @@ as before, so a retry after a lost server still works. The server runs under cor
 ``timeout`` (where it exists) with the run's longest possible Spark time, so even a run that
 never reaches ``spark.stop`` leaves no JVM behind. All settings, credentials included, go
 through a 0600 properties file that is deleted once the server is up, never the command line.
+
+With ``spark.server: shared`` the server outlives the run: ``spark.start`` reuses the
+pipeline's server on this host (recorded in ``_state/spark_server/<pipeline>@<host>.json``) while
+it answers, has the same settings and is younger than ``spark.server_hours``, and ``spark.stop``
+leaves it up. Every run after the first then finds a warm JVM (classes loaded, code compiled),
+which costs a fraction of a cold one's first-time work; the price is the server's memory held
+between runs. ``raw2gold spark-server stop`` stops it.
 """
 
 from __future__ import annotations
@@ -71,6 +78,28 @@ def _alive(pid: int) -> bool:
     return True
 
 
+def _command_line(pid: int) -> str:
+    """A process's command line ('' when it is gone): from /proc, or ``ps`` where there is none."""
+    if Path("/proc/self").exists():
+        try:
+            return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+        except OSError:
+            return ""
+    done = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True)
+    return done.stdout
+
+
+def runs_server(record: dict[str, Any]) -> bool:
+    """Whether the recorded process is alive and still the recorded server.
+
+    Its command line must name the server's port: after a reboot the PID of a server recorded
+    long ago may belong to another process, which must never be stopped.
+    """
+    port = str(record["url"]).rsplit(":", 1)[1]
+    pid = int(record["pid"])
+    return _alive(pid) and f"spark.connect.grpc.binding.port={port}" in _command_line(pid)
+
+
 def server_command(config: PipelineConfig, port: int, properties: str, ttl: int) -> list[str]:
     """The command line of the server: no setting values on it, they are in ``properties``."""
     from raw2gold.transform.runners import spark_submit_binary
@@ -99,21 +128,37 @@ def server_command(config: PipelineConfig, port: int, properties: str, ttl: int)
 def start_server(
     config: PipelineConfig, run_id: str, ttl_seconds: int, say: Callable[[str], Any] = log.info
 ) -> dict[str, Any]:
-    """Start the run's server, wait until it answers, record it in the lake; the record."""
-    from raw2gold.transform.runners import write_properties
-    from raw2gold.transform.session import spark_conf
+    """The run's server, up and answering, recorded for the run's tasks; its record.
 
+    ``spark.server: per_run`` starts one for the run; ``shared`` reuses the pipeline's shared
+    server on this host when it can (see :func:`shared_server`).
+    """
     lake = Lake(config.lake)
     existing = usable_server(lake, run_id)
     if existing:
         say(f"Spark Connect server of run {run_id} already up at {existing['url']}")
         return existing
+    if config.spark.server == "shared":
+        record = shared_server(config, lake, ttl_seconds, say)
+    else:
+        record = _launch(config, ttl_seconds, f"spark-connect-{config.name}-{run_id}.log", say)
+    lake.write_json(server_record(run_id), record)
+    return record
+
+
+def _launch(
+    config: PipelineConfig, ttl_seconds: int, log_name: str, say: Callable[[str], Any]
+) -> dict[str, Any]:
+    """Start a server that lives at most ``ttl_seconds``; wait until it answers; its record."""
+    from raw2gold.transform.runners import write_properties
+    from raw2gold.transform.session import spark_conf
+
     port = _free_port()
     conf = {k: v for k, v in spark_conf(config).items() if k != "spark.master"}
     properties = write_properties(conf)
     log_dir = Path(os.environ.get("RAW2GOLD_HOME", ".raw2gold")) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"spark-connect-{config.name}-{run_id}.log"
+    log_path = log_dir / log_name
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     started = time.monotonic()
     try:
@@ -149,7 +194,6 @@ def start_server(
         "log": str(log_path),
         "ttl_seconds": ttl_seconds,
     }
-    lake.write_json(server_record(run_id), record)
     say(
         f"Spark Connect server up at {record['url']} (pid {process.pid}) in "
         f"{time.monotonic() - started:.1f} s"
@@ -157,15 +201,77 @@ def start_server(
     return record
 
 
+def shared_record(pipeline: str) -> str:
+    """Where the pipeline's shared server on this host is recorded (one per host)."""
+    return f"_state/spark_server/{pipeline}@{socket.gethostname()}.json"
+
+
+def settings_fingerprint(config: PipelineConfig) -> str:
+    """A digest of everything the server was started with (master, settings, Spark install).
+
+    Credentials are part of the settings: rotated keys give a new server, not a stale one.
+    Only the digest is recorded.
+    """
+    import hashlib
+    import json
+
+    from raw2gold.transform.runners import spark_submit_binary
+    from raw2gold.transform.session import spark_conf
+
+    settings = {"master": config.spark.master, "spark-submit": spark_submit_binary()}
+    payload = json.dumps([settings, spark_conf(config)], sort_keys=True)
+    return hashlib.sha256(payload.encode()).hexdigest()
+
+
+def shared_server(
+    config: PipelineConfig, lake: Lake, run_ttl_seconds: int, say: Callable[[str], Any]
+) -> dict[str, Any]:
+    """The pipeline's shared server on this host, reused when it can be, else a new one.
+
+    Reused while it is alive, answers, was started with the same settings and is younger than
+    ``spark.server_hours``. Otherwise it is stopped (the DAG runs one run at a time, so no
+    other run uses it) and a new one starts, living ``server_hours`` plus the run's longest
+    possible Spark time: a run that reused it always finishes before its ``timeout`` ends it.
+    """
+    path = shared_record(config.name)
+    fingerprint = settings_fingerprint(config)
+    current = lake.read_record(path)
+    if current and not current.get("stopped_at") and runs_server(current):
+        age = time.time() - float(current["started_epoch"])
+        reason = None
+        if current.get("fingerprint") != fingerprint:
+            reason = "the pipeline's Spark settings changed"
+        elif age > config.spark.server_hours * 3600:
+            reason = f"it is older than spark.server_hours ({config.spark.server_hours:g} h)"
+        elif not answering(current):
+            reason = "it does not answer"
+        if reason is None:
+            say(
+                f"reusing the shared Spark Connect server at {current['url']} "
+                f"(pid {current['pid']}, up {age / 60:.0f} min)"
+            )
+            return dict(current)
+        say(f"replacing the shared Spark Connect server (pid {current['pid']}): {reason}")
+        _stop_group(int(current["pid"]))
+        lake.write_json(path, {**current, "stopped_at": utc_now()})
+    life = int(config.spark.server_hours * 3600) + run_ttl_seconds
+    record = _launch(config, life, f"spark-connect-{config.name}-shared.log", say)
+    record.update(shared=True, fingerprint=fingerprint, started_epoch=time.time())
+    lake.write_json(path, record)
+    return record
+
+
+def answering(record: dict[str, Any]) -> bool:
+    """Whether a recorded server's process is alive and answers on its port."""
+    return runs_server(record) and _answers(int(str(record["url"]).rsplit(":", 1)[1]))
+
+
 def usable_server(lake: Lake, run_id: str) -> dict[str, Any] | None:
     """The run's server when it runs on this host, is alive and answers; else None."""
     record = lake.read_record(server_record(run_id))
     if not record or record.get("stopped_at") or record.get("host") != socket.gethostname():
         return None
-    port = int(str(record["url"]).rsplit(":", 1)[1])
-    if not _alive(int(record["pid"])) or not _answers(port):
-        return None
-    return record
+    return record if answering(record) else None
 
 
 def _stop_group(pid: int, timeout: float = 20.0) -> bool:
@@ -194,7 +300,10 @@ def _stop_group(pid: int, timeout: float = 20.0) -> bool:
 
 
 def stop_server(config: PipelineConfig, run_id: str, say: Callable[[str], Any] = log.info) -> bool:
-    """Stop the run's server (if any, on this host); whether one was stopped."""
+    """Stop the run's server (if any, on this host); whether one was stopped.
+
+    A shared server stays up for the next run: the run only lets go of it.
+    """
     lake = Lake(config.lake)
     record = lake.read_record(server_record(run_id))
     if not record or record.get("stopped_at"):
@@ -203,9 +312,29 @@ def stop_server(config: PipelineConfig, run_id: str, say: Callable[[str], Any] =
     if record.get("host") != socket.gethostname():
         say(f"the Spark Connect server runs on {record.get('host')}, not here: not stopped")
         return False
-    stopped = _stop_group(int(record["pid"]))
+    if record.get("shared"):
+        lake.write_json(server_record(run_id), {**record, "stopped_at": utc_now()})
+        say(
+            f"the shared Spark Connect server (pid {record['pid']}) stays up for the next run "
+            "(`raw2gold spark-server stop` stops it)"
+        )
+        return False
+    stopped = runs_server(record) and _stop_group(int(record["pid"]))
     lake.write_json(server_record(run_id), {**record, "stopped_at": utc_now()})
     say(f"Spark Connect server (pid {record['pid']}) {'stopped' if stopped else 'was gone'}")
+    return stopped
+
+
+def stop_shared_server(config: PipelineConfig, say: Callable[[str], Any] = log.info) -> bool:
+    """Stop the pipeline's shared server on this host; whether one was running."""
+    lake = Lake(config.lake)
+    record = lake.read_record(shared_record(config.name))
+    if not record or record.get("stopped_at"):
+        say(f"no shared Spark Connect server of {config.name} recorded on this host")
+        return False
+    stopped = runs_server(record) and _stop_group(int(record["pid"]))
+    lake.write_json(shared_record(config.name), {**record, "stopped_at": utc_now()})
+    say(f"shared Spark Connect server (pid {record['pid']}) {'stopped' if stopped else 'was gone'}")
     return stopped
 
 
