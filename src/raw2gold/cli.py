@@ -247,7 +247,7 @@ def _airflow(args: argparse.Namespace) -> int:
         )
         return 0
     if args.action == "down":
-        stopped = local_airflow.down(timeout=args.timeout)
+        stopped = local_airflow.down(timeout=args.timeout, say=console.print)
         console.print("stopped the local Airflow" if stopped else "no local Airflow is running")
         return 0
     state, alive, report = local_airflow.status()

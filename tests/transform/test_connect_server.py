@@ -27,6 +27,7 @@ from raw2gold.transform.connect import (
     usable_server,
 )
 from raw2gold.transform.job import stage_record
+from tests.fixtures.spark import process_alive
 from tests.transform.rawdata import categories, shop_records, write_raw_run
 from tests.transform.reference import assert_gold_matches_reference
 
@@ -149,14 +150,6 @@ def test_a_killed_tasks_queries_stop_on_the_shared_server(
         stop_server(config, "run-kill")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
-
-
 def test_a_shared_server_outlives_its_runs(tmp_path: Path, shop_pipeline: Path) -> None:
     """``spark.server: shared``: run after run reuses one server (warm JVM); a run lets go of it
     at its end; changed settings or an age past ``server_hours`` replace it; the CLI stops it."""
@@ -181,7 +174,7 @@ def test_a_shared_server_outlives_its_runs(tmp_path: Path, shop_pipeline: Path) 
         cmdline = Path(f"/proc/{first['pid']}/cmdline").read_bytes().decode().split("\0")
         assert cmdline[:3] == ["timeout", "--kill-after=30", f"{24 * 3600 + 600}s"]
         assert not stop_server(config, "run1", said.append)  # the run lets go; it stays up
-        assert "stays up for the next run" in said[-1] and _alive(first["pid"])
+        assert "stays up for the next run" in said[-1] and process_alive(first["pid"])
         assert usable_server(lake, "run1") is None  # a finished run's tasks no longer use it
 
         second = start_server(config, "run2", ttl_seconds=600, say=said.append)
@@ -195,7 +188,7 @@ def test_a_shared_server_outlives_its_runs(tmp_path: Path, shop_pipeline: Path) 
         )
         third = start_server(changed, "run3", ttl_seconds=600, say=said.append)
         pids.add(third["pid"])
-        assert third["pid"] != first["pid"] and not _alive(first["pid"])
+        assert third["pid"] != first["pid"] and not process_alive(first["pid"])
         assert any("Spark settings changed" in line for line in said)
 
         aged = changed.model_copy(
@@ -204,15 +197,41 @@ def test_a_shared_server_outlives_its_runs(tmp_path: Path, shop_pipeline: Path) 
         time.sleep(1.5)
         fourth = start_server(aged, "run4", ttl_seconds=600, say=said.append)
         pids.add(fourth["pid"])
-        assert fourth["pid"] != third["pid"] and not _alive(third["pid"])
+        assert fourth["pid"] != third["pid"] and not process_alive(third["pid"])
         assert any("older than spark.server_hours" in line for line in said)
 
         pipeline = ["-p", str(shop_pipeline), "--lake", str(tmp_path / "lake")]
         assert cli(["spark-server", "status", *pipeline]) == 0
         assert cli(["spark-server", "stop", *pipeline]) == 0
-        assert not _alive(fourth["pid"])
+        assert not process_alive(fourth["pid"])
         assert cli(["spark-server", "status", *pipeline]) == 1
     finally:
         for pid in pids:  # whatever the test left running
-            if _alive(pid):
+            if process_alive(pid):
                 os.killpg(pid, 9)
+
+
+def test_airflow_down_stops_the_shared_servers_it_served(
+    tmp_path: Path, shared_server_shop: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`raw2gold airflow down` also stops the shared server of each pipeline the local Airflow
+    served. Its Airflow here is only the state `up` records, with no process left: stopping
+    Airflow's own processes is tested in tests/orchestrate/test_local_airflow.py."""
+    from raw2gold.cli import main as cli
+    from raw2gold.orchestrate import local_airflow
+
+    config = load_pipeline(shared_server_shop)
+    record = start_server(config, "run1", ttl_seconds=600)
+    home = tmp_path / "home"
+    local_airflow.AirflowState(
+        port=1,
+        url="http://127.0.0.1:1",
+        airflow_home=str(home / "airflow"),
+        dags_folder=str(home / "dags"),
+        pipelines=str(shared_server_shop.parent / "*.yaml"),
+        db="sqlite",
+        instance="test",
+    ).save(local_airflow.state_file(home))
+    monkeypatch.setenv("RAW2GOLD_HOME", str(home))
+    assert cli(["airflow", "down"]) == 0
+    assert not process_alive(record["pid"])

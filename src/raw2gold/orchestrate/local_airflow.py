@@ -9,6 +9,7 @@ RAW2GOLD_HOME/airflow/run/.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import secrets
 import signal
@@ -25,6 +26,8 @@ import httpx
 import psutil
 
 from raw2gold.orchestrate.local_run import DAGS_FOLDER, raw2gold_home
+
+log = logging.getLogger(__name__)
 
 COMPONENTS = ("api-server", "scheduler", "dag-processor", "triggerer")
 CONNECTOR_POOL = "raw2gold_connectors"
@@ -509,15 +512,39 @@ def stop(state: AirflowState, timeout: float = 30.0) -> list[str]:
     return messages
 
 
-def down(timeout: float = 30.0, home: Path | None = None) -> AirflowState | None:
-    """Stop the local Airflow recorded in state.json; None if nothing was recorded."""
+def down(
+    timeout: float = 30.0, home: Path | None = None, say: Callable[[str], Any] = log.info
+) -> AirflowState | None:
+    """Stop the local Airflow recorded in state.json, and the shared Spark Connect servers of
+    the pipelines it served (``spark.server: shared``); None if nothing was recorded."""
     path = state_file(home)
     if not path.exists():
         return None
     state = AirflowState.load(path)
     stop(state, timeout=timeout)
+    stop_shared_spark_servers(state.pipelines, say)
     path.unlink(missing_ok=True)
     return state
+
+
+def stop_shared_spark_servers(spec: str, say: Callable[[str], Any]) -> int:
+    """Stop the shared Spark Connect server of each pipeline in ``spec`` that has one here."""
+    import glob
+
+    from raw2gold.config import ConfigError, load_pipeline
+    from raw2gold.transform.connect import stop_shared_server
+
+    stopped = 0
+    paths = [m for pattern in filter(None, spec.split(os.pathsep)) for m in glob.glob(pattern)]
+    for path in sorted(paths):
+        try:
+            config = load_pipeline(path)
+        except (ConfigError, OSError) as exc:  # a file changed or removed since `up`
+            say(f"{path}: not read ({str(exc).splitlines()[0]}): its Spark server left alone")
+            continue
+        if config.spark.mode == "local" and config.spark.server == "shared":
+            stopped += stop_shared_server(config, say)
+    return stopped
 
 
 def status(
