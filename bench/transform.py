@@ -362,7 +362,9 @@ def client_run(lake_dir: Path, run_id: str, url: str) -> dict[str, float]:
     """The stages of one run in a new Python process, as a client of the server at ``url``."""
     command = [sys.executable, __file__, "--client-run", str(lake_dir), "--run-id", run_id]
     env = {**os.environ, REMOTE_ENV: url}
-    done = subprocess.run(command, capture_output=True, text=True, env=env, check=True)
+    done = subprocess.run(command, capture_output=True, text=True, env=env)
+    if done.returncode:
+        raise SystemExit(f"run {run_id} failed:\n{done.stderr[-3000:]}")
     last = [line for line in done.stdout.splitlines() if line.startswith("{")][-1]
     times: dict[str, float] = json.loads(last)
     return times
@@ -375,6 +377,14 @@ def client_only(lake_dir: Path, run_id: str) -> None:
     times = spark_run(spark, config, run_id)
     spark.stop()
     print(json.dumps(times))
+
+
+def server_rss(server: dict[str, Any]) -> float:
+    """Resident memory of the server's processes (``timeout``, the JVM), in MiB."""
+    import psutil
+
+    root = psutil.Process(int(server["pid"]))
+    return sum(p.memory_info().rss for p in [root, *root.children(recursive=True)]) / 2**20
 
 
 def shared_server_runs(orders: int, work: Path, rounds: int) -> list[tuple[str, str, str]]:
@@ -403,7 +413,7 @@ def shared_server_runs(orders: int, work: Path, rounds: int) -> list[tuple[str, 
                 (
                     f"  +1% run {round_ + 1}, same server",
                     f"{incr['total']:.1f}s",
-                    f"{share:.0f}% of full; {detail}",
+                    f"{share:.0f}% of full; {detail}; server RSS {server_rss(server):.0f} MiB",
                 )
             )
     finally:

@@ -11,7 +11,7 @@ from typing import Any
 
 from raw2gold.config.models import LakeConfig
 from raw2gold.lake.layout import Lake
-from raw2gold.transform.delta import log_row_count, log_version, table_rows
+from raw2gold.transform.delta import live_files, log_row_count, log_version, table_rows
 
 
 def _counts(spark: Any, uri: str, versions: range) -> list[int]:
@@ -62,3 +62,28 @@ def test_no_usable_log_falls_back_to_counting(spark: Any, tmp_path: Path) -> Non
     assert log_row_count(lake, relative) is None  # files without numRecords statistics
     assert table_rows(spark, lake, relative) == 7
     assert log_row_count(lake, "gold/missing") is None
+
+
+def test_partition_values_after_a_checkpoint(spark: Any, tmp_path: Path) -> None:
+    """A partitioned table past its first checkpoint, with more files than its checksum lists:
+    the live files come from the checkpoint, whose partition values must read as the JSON log's
+    (an incremental Delta publish decides append vs replaceWhere from them)."""
+    from raw2gold.publish.publisher import _partitions_absent
+
+    lake = Lake(LakeConfig(uri=str(tmp_path / "lake")))
+    relative = "gold/daily"
+    uri = lake.spark_uri(relative)
+    for day in range(12):  # one commit per day, 12 files each: a checkpoint at version 10
+        rows = spark.range(0, 12).selectExpr(f"DATE'2026-01-01' + {day} AS day", "id")
+        rows.repartition(12).write.format("delta").mode("append").partitionBy("day").save(uri)
+    assert lake.exists(f"{relative}/_delta_log/{10:020d}.checkpoint.parquet")
+    for crc in lake.list_files(f"{relative}/_delta_log", ".crc"):
+        lake.delete_file(crc)  # (Delta lists files in a checksum only for small tables)
+
+    files = live_files(lake, relative)
+    assert files is not None
+    assert len(files) == len(spark.read.format("delta").load(uri).inputFiles())
+    days = {f["partitionValues"]["day"] for f in files}
+    assert days == {f"2026-01-{d:02d}" for d in range(1, 13)}
+    assert not _partitions_absent(lake, relative, ["day"], [("2026-01-03",)])
+    assert _partitions_absent(lake, relative, ["day"], [("2026-02-01",)])

@@ -125,6 +125,9 @@ def _live_rows(files: list[dict[str, Any]]) -> int | None:
     return total
 
 
+CHECKPOINT_MAPS = ("partitionValues", "tags")  # the map-typed fields of an add action
+
+
 def _checkpoint_adds(
     lake: Lake, log_dir: str, version: int
 ) -> dict[tuple[str, str], dict[str, Any]] | None:
@@ -135,7 +138,12 @@ def _checkpoint_adds(
     if not lake.exists(path):
         return None
     table = pq.read_table(lake.path(path), columns=["add"], filesystem=lake.fs)
-    return {_file_key(a): a for a in table.column("add").to_pylist() if a is not None}
+    adds = [a for a in table.column("add").to_pylist() if a is not None]
+    for add in adds:  # Parquet maps come back as (key, value) pairs; the JSON log has objects
+        for field in CHECKPOINT_MAPS:
+            if isinstance(add.get(field), list):
+                add[field] = dict(add[field])
+    return {_file_key(a): a for a in adds}
 
 
 def live_files(
