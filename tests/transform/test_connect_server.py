@@ -150,11 +150,14 @@ def test_a_killed_tasks_queries_stop_on_the_shared_server(
         stop_server(config, "run-kill")
 
 
-def test_a_shared_server_outlives_its_runs(tmp_path: Path, shop_pipeline: Path) -> None:
+def test_a_shared_server_outlives_its_runs(
+    tmp_path: Path, shop_pipeline: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """``spark.server: shared``: run after run reuses one server (warm JVM); a run lets go of it
     at its end; changed settings or an age past ``server_hours`` replace it; the CLI stops it."""
     from raw2gold.cli import main as cli
 
+    monkeypatch.setenv("RAW2GOLD_HOME", str(tmp_path / "home"))  # the servers' logs
     base = load_pipeline(shop_pipeline, str(tmp_path / "lake"))
     config = base.model_copy(update={"spark": base.spark.model_copy(update={"server": "shared"})})
     lake = Lake(config.lake)
@@ -190,6 +193,8 @@ def test_a_shared_server_outlives_its_runs(tmp_path: Path, shop_pipeline: Path) 
         pids.add(third["pid"])
         assert third["pid"] != first["pid"] and not process_alive(first["pid"])
         assert any("Spark settings changed" in line for line in said)
+        assert third["log"] == first["log"]  # one file per server: the first one's is kept
+        assert "SparkConnectServer" in Path(f"{first['log']}.1").read_text()
 
         aged = changed.model_copy(
             update={"spark": changed.spark.model_copy(update={"server_hours": 1 / 3600})}

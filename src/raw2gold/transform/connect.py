@@ -147,9 +147,17 @@ def start_server(
 
 
 def _launch(
-    config: PipelineConfig, ttl_seconds: int, log_name: str, say: Callable[[str], Any]
+    config: PipelineConfig,
+    ttl_seconds: int,
+    log_name: str,
+    say: Callable[[str], Any],
+    rotate_log: bool = False,
 ) -> dict[str, Any]:
-    """Start a server that lives at most ``ttl_seconds``; wait until it answers; its record."""
+    """Start a server that lives at most ``ttl_seconds``; wait until it answers; its record.
+
+    ``rotate_log``: move an existing log of that name to ``<name>.1`` first (one server's log
+    per file, two kept), instead of appending to it.
+    """
     from raw2gold.transform.runners import write_properties
     from raw2gold.transform.session import spark_conf
 
@@ -159,6 +167,8 @@ def _launch(
     log_dir = Path(os.environ.get("RAW2GOLD_HOME", ".raw2gold")) / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_path = log_dir / log_name
+    if rotate_log and log_path.exists():  # a new shared server: the previous one's log is .1
+        os.replace(log_path, log_dir / f"{log_name}.1")
     env = {**os.environ, "SPARK_LOCAL_IP": "127.0.0.1"}
     started = time.monotonic()
     try:
@@ -255,7 +265,7 @@ def shared_server(
         _stop_group(int(current["pid"]))
         lake.write_json(path, {**current, "stopped_at": utc_now()})
     life = int(config.spark.server_hours * 3600) + run_ttl_seconds
-    record = _launch(config, life, f"spark-connect-{config.name}-shared.log", say)
+    record = _launch(config, life, f"spark-connect-{config.name}-shared.log", say, rotate_log=True)
     record.update(shared=True, fingerprint=fingerprint, started_epoch=time.time())
     lake.write_json(path, record)
     return record
