@@ -8,6 +8,7 @@ environment, so no task starts a JVM of its own. Stopped by PID at the end.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -213,7 +214,7 @@ def test_a_shared_server_outlives_its_runs(
     finally:
         for pid in pids:  # whatever the test left running
             if process_alive(pid):
-                os.killpg(pid, 9)
+                os.killpg(pid, signal.SIGKILL)
 
 
 def test_airflow_down_stops_the_shared_servers_it_served(

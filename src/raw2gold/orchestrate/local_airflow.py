@@ -540,7 +540,8 @@ def stop_shared_spark_servers(spec: str, say: Callable[[str], Any]) -> int:
         try:
             config = load_pipeline(path)
         except (ConfigError, OSError) as exc:  # a file changed or removed since `up`
-            say(f"{path}: not read ({str(exc).splitlines()[0]}): its Spark server left alone")
+            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            say(f"{path}: not read ({first}): its Spark server left alone")
             continue
         if config.spark.mode == "local" and config.spark.server == "shared":
             stopped += stop_shared_server(config, say)
