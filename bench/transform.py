@@ -329,20 +329,21 @@ def gold_builds(lake: Lake, run_id: str) -> str:
     )
 
 
-def fresh_jvm_incremental(lake_dir: Path, orders: int) -> dict[str, float]:
-    """The +1 % run on ``lake_dir`` in a new Python process and JVM; its stage times."""
-    command = [
-        sys.executable,
-        __file__,
-        "--incremental-only",
-        str(lake_dir),
-        "--orders",
-        str(orders),
-    ]
-    done = subprocess.run(command, capture_output=True, text=True, check=True)
+def child_times(args: list[str], env: dict[str, str] | None = None) -> dict[str, float]:
+    """Run this benchmark with ``args`` in a new Python process; the stage times it prints."""
+    done = subprocess.run(
+        [sys.executable, __file__, *args], capture_output=True, text=True, env=env
+    )
+    if done.returncode:
+        raise SystemExit(f"{' '.join(args)} failed:\n{done.stderr[-3000:]}")
     last = [line for line in done.stdout.splitlines() if line.startswith("{")][-1]
     times: dict[str, float] = json.loads(last)
     return times
+
+
+def fresh_jvm_incremental(lake_dir: Path, orders: int) -> dict[str, float]:
+    """The +1 % run on ``lake_dir`` in a new Python process and JVM; its stage times."""
+    return child_times(["--incremental-only", str(lake_dir), "--orders", str(orders)])
 
 
 def incremental_only(lake_dir: Path, orders: int) -> None:
@@ -360,14 +361,8 @@ def incremental_only(lake_dir: Path, orders: int) -> None:
 
 def client_run(lake_dir: Path, run_id: str, url: str) -> dict[str, float]:
     """The stages of one run in a new Python process, as a client of the server at ``url``."""
-    command = [sys.executable, __file__, "--client-run", str(lake_dir), "--run-id", run_id]
     env = {**os.environ, REMOTE_ENV: url}
-    done = subprocess.run(command, capture_output=True, text=True, env=env)
-    if done.returncode:
-        raise SystemExit(f"run {run_id} failed:\n{done.stderr[-3000:]}")
-    last = [line for line in done.stdout.splitlines() if line.startswith("{")][-1]
-    times: dict[str, float] = json.loads(last)
-    return times
+    return child_times(["--client-run", str(lake_dir), "--run-id", run_id], env)
 
 
 def client_only(lake_dir: Path, run_id: str) -> None:
