@@ -519,9 +519,9 @@ def main() -> None:
         return
     work = Path(args.work or tempfile.mkdtemp(prefix="raw2gold-bench-"))
     for orders in args.orders or [1_000_000]:
-        lines = bench(orders, work, args.untuned, args.fresh_jvm)
-        if args.shared_server:
-            lines += shared_server_runs(orders, work, args.shared_server)
+        # The shared server's runs first, before this process starts a JVM of its own.
+        shared = shared_server_runs(orders, work, args.shared_server) if args.shared_server else []
+        lines = bench(orders, work, args.untuned, args.fresh_jvm) + shared
         print(f"\n== {orders:,} orders ({orders // 10:,} users, {PRODUCTS} products), local[2]")
         width = max(len(what) for what, _, _ in lines)
         for what, seconds, note in lines:

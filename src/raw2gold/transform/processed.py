@@ -239,7 +239,12 @@ def _read_raw(spark: SparkSession, lake: Lake, stream: str, manifests: list[dict
     ]
     if not files:
         return None
-    return spark.read.option("mergeSchema", "true").parquet(*files)
+    # The runs' schemas merged once (a Spark job over the footers), then pinned: a Spark
+    # Connect session analyses a plan again for every schema lookup and every action, and an
+    # unpinned read would merge the footers again each time (a classic session resolves the
+    # read once, so there the pinned read costs nothing more).
+    merged = spark.read.option("mergeSchema", "true").parquet(*files).schema
+    return spark.read.schema(merged).parquet(*files)
 
 
 def bound_keys(incoming: DataFrame, keys: list[str]) -> list[str]:
