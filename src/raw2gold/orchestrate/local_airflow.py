@@ -273,15 +273,22 @@ def check_db_driver(db_url: str) -> None:
         )
 
 
-def check_pipelines(spec: str) -> list[Path]:
-    """The pipeline files named by ``spec``; each must exist and be valid (ConfigError if not)."""
+def pipeline_files(spec: str) -> list[Path]:
+    """The files ``spec``'s paths and globs (os.pathsep-separated) name; a glob that matches
+    nothing stays as it is, for the caller to report."""
     import glob
-
-    from raw2gold.config import load_pipeline
 
     paths: list[Path] = []
     for pattern in filter(None, spec.split(os.pathsep)):
         paths.extend(Path(m) for m in (sorted(glob.glob(pattern)) or [pattern]))
+    return paths
+
+
+def check_pipelines(spec: str) -> list[Path]:
+    """The pipeline files named by ``spec``; each must exist and be valid (ConfigError if not)."""
+    from raw2gold.config import load_pipeline
+
+    paths = pipeline_files(spec)
     missing = [str(p) for p in paths if not p.is_file()]
     if not paths or missing:
         raise AirflowError(
@@ -529,14 +536,11 @@ def down(
 
 def stop_shared_spark_servers(spec: str, say: Callable[[str], Any]) -> int:
     """Stop the shared Spark Connect server of each pipeline in ``spec`` that has one here."""
-    import glob
-
     from raw2gold.config import ConfigError, load_pipeline
     from raw2gold.transform.connect import stop_shared_server
 
     stopped = 0
-    paths = [m for pattern in filter(None, spec.split(os.pathsep)) for m in glob.glob(pattern)]
-    for path in sorted(paths):
+    for path in pipeline_files(spec):
         try:
             config = load_pipeline(path)
         except (ConfigError, OSError) as exc:  # a file changed or removed since `up`

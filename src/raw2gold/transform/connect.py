@@ -89,14 +89,19 @@ def _command_line(pid: int) -> str:
     return done.stdout
 
 
+def _port(url: str) -> int:
+    """The port of ``sc://host:port`` (with or without ``/;session_id=...``)."""
+    return int(url.split("/;")[0].rsplit(":", 1)[1])
+
+
 def runs_server(record: dict[str, Any]) -> bool:
     """Whether the recorded process is alive and still the recorded server.
 
     Its command line must name the server's port: after a reboot the PID of a server recorded
     long ago may belong to another process, which must never be stopped.
     """
-    port = str(record["url"]).rsplit(":", 1)[1]
     pid = int(record["pid"])
+    port = _port(str(record["url"]))
     return _alive(pid) and f"spark.connect.grpc.binding.port={port}" in _command_line(pid)
 
 
@@ -253,7 +258,7 @@ def shared_server(
             reason = "the pipeline's Spark settings changed"
         elif age > config.spark.server_hours * 3600:
             reason = f"it is older than spark.server_hours ({config.spark.server_hours:g} h)"
-        elif not answering(current):
+        elif not _answers(_port(str(current["url"]))):
             reason = "it does not answer"
         if reason is None:
             say(
@@ -262,8 +267,7 @@ def shared_server(
             )
             return dict(current)
         say(f"replacing the shared Spark Connect server (pid {current['pid']}): {reason}")
-        _stop_group(int(current["pid"]))
-        lake.write_json(path, {**current, "stopped_at": utc_now()})
+        _stop_recorded(lake, path, current)
     life = int(config.spark.server_hours * 3600) + run_ttl_seconds
     record = _launch(config, life, f"spark-connect-{config.name}-shared.log", say, rotate_log=True)
     record.update(shared=True, fingerprint=fingerprint, started_epoch=time.time())
@@ -273,7 +277,7 @@ def shared_server(
 
 def answering(record: dict[str, Any]) -> bool:
     """Whether a recorded server's process is alive and answers on its port."""
-    return runs_server(record) and _answers(int(str(record["url"]).rsplit(":", 1)[1]))
+    return runs_server(record) and _answers(_port(str(record["url"])))
 
 
 def usable_server(lake: Lake, run_id: str) -> dict[str, Any] | None:
@@ -309,6 +313,14 @@ def _stop_group(pid: int, timeout: float = 20.0) -> bool:
     return True
 
 
+def _stop_recorded(lake: Lake, path: str, record: dict[str, Any]) -> bool:
+    """Stop a recorded server if it is still that server, and record it stopped; whether it
+    was running."""
+    stopped = runs_server(record) and _stop_group(int(record["pid"]))
+    lake.write_json(path, {**record, "stopped_at": utc_now()})
+    return stopped
+
+
 def stop_server(config: PipelineConfig, run_id: str, say: Callable[[str], Any] = log.info) -> bool:
     """Stop the run's server (if any, on this host); whether one was stopped.
 
@@ -329,8 +341,7 @@ def stop_server(config: PipelineConfig, run_id: str, say: Callable[[str], Any] =
             "(`raw2gold spark-server stop` stops it)"
         )
         return False
-    stopped = runs_server(record) and _stop_group(int(record["pid"]))
-    lake.write_json(server_record(run_id), {**record, "stopped_at": utc_now()})
+    stopped = _stop_recorded(lake, server_record(run_id), record)
     say(f"Spark Connect server (pid {record['pid']}) {'stopped' if stopped else 'was gone'}")
     return stopped
 
@@ -342,8 +353,7 @@ def stop_shared_server(config: PipelineConfig, say: Callable[[str], Any] = log.i
     if not record or record.get("stopped_at"):
         say(f"no shared Spark Connect server of {config.name} recorded on this host")
         return False
-    stopped = runs_server(record) and _stop_group(int(record["pid"]))
-    lake.write_json(shared_record(config.name), {**record, "stopped_at": utc_now()})
+    stopped = _stop_recorded(lake, shared_record(config.name), record)
     say(f"shared Spark Connect server (pid {record['pid']}) {'stopped' if stopped else 'was gone'}")
     return stopped
 
@@ -353,7 +363,7 @@ def interrupt_session(url: str, say: Callable[[str], Any] = log.info) -> None:
 
     Skipped when the server does not answer: the client would retry for minutes.
     """
-    port = int(url.split("/;")[0].rsplit(":", 1)[1])
+    port = _port(url)
     if not _answers(port):
         say("the Spark Connect server is gone: nothing to interrupt")
         return
