@@ -8,12 +8,16 @@ Published gold is read without raw2gold's code too (delta-rs, the Parquet pointe
 from __future__ import annotations
 
 import json
+import sys
 from decimal import Decimal
 from pathlib import Path
 
 import duckdb
 import pyarrow.parquet as pq
 from deltalake import DeltaTable
+
+# The raw2gold CLI as the e2e tests run it: this interpreter, in a subprocess.
+RAW2GOLD = [sys.executable, "-m", "raw2gold.cli"]
 
 
 def raw_files(lake: Path, source: str, stream: str) -> list[list[str]]:

@@ -11,13 +11,10 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
-from tests.e2e.reference import assert_shop_gold_matches_reference
+from tests.e2e.reference import RAW2GOLD, assert_shop_gold_matches_reference
 from tests.fixtures.spark import process_alive
-
-RAW2GOLD = [sys.executable, "-m", "raw2gold.cli"]
 
 
 def test_runs_share_one_spark_connect_server(shared_server_shop: Path, tmp_path: Path) -> None:

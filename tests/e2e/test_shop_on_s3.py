@@ -11,12 +11,11 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
 
-from tests.e2e.reference import GOLD_FORMATS, read_gold, shop_reference
+from tests.e2e.reference import RAW2GOLD, assert_shop_gold_matches_reference
 
 
 def mirror(s3_server, bucket: str, prefix: str, target: Path) -> None:
@@ -55,7 +54,7 @@ def test_shop_pipeline_on_s3(s3_server, shop_pipeline: Path, tmp_path: Path) -> 
         "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
     }
     result = subprocess.run(
-        [sys.executable, "-m", "raw2gold.cli", "run", str(pipeline_dir / "pipeline.yaml")],
+        [*RAW2GOLD, "run", str(pipeline_dir / "pipeline.yaml")],
         cwd=tmp_path,
         env=env,
         capture_output=True,
@@ -70,16 +69,4 @@ def test_shop_pipeline_on_s3(s3_server, shop_pipeline: Path, tmp_path: Path) -> 
 
     lake = tmp_path / "mirror"
     mirror(s3_server, bucket, "pipelines/shop", lake)
-    expected = shop_reference(lake)
-    revenue = read_gold(lake, "daily_category_revenue", GOLD_FORMATS["daily_category_revenue"])
-    assert sorted(
-        (r["purchase_date"], r["category"], r["purchases"], r["revenue"]) for r in revenue
-    ) == [
-        (r["purchase_date"], r["category"], r["purchases"], r["revenue"])
-        for r in expected["daily_category_revenue"]
-    ]
-    clv = read_gold(lake, "customer_lifetime_value", "parquet")
-    assert sorted((r["user_id"], r["purchases"], r["lifetime_value"]) for r in clv) == [
-        (r["user_id"], r["purchases"], r["lifetime_value"])
-        for r in expected["customer_lifetime_value"]
-    ]
+    assert_shop_gold_matches_reference(lake)

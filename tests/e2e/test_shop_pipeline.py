@@ -10,14 +10,16 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from tests.e2e.reference import GOLD_FORMATS, assert_shop_gold_matches_reference, read_gold
-
-RAW2GOLD = [sys.executable, "-m", "raw2gold.cli"]
+from tests.e2e.reference import (
+    GOLD_FORMATS,
+    RAW2GOLD,
+    assert_shop_gold_matches_reference,
+    read_gold,
+)
 
 
 @pytest.fixture(scope="module")

@@ -96,3 +96,19 @@ def test_the_test_session_loaded_the_pinned_delta_jar(spark: Any) -> None:
     loaded = spark.sparkContext._jsc.sc().listJars().toString()
     assert "io.delta_delta-spark_4.2_2.13-4.4.0.jar" in loaded
     assert "hadoop-aws" not in loaded
+
+
+def test_generated_code_of_a_run_stays_compiled(spark: Any) -> None:
+    """More generated classes than Spark's default codegen cache (100) holds (each query here
+    compiles two): the first query's are still cached when it comes again, as a shared
+    server's next run finds its queries (with the default, this test compiles two again)."""
+    compiled = spark._jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
+
+    def shape(i: int) -> None:
+        spark.range(3).selectExpr(f"id * {i + 7} + {i} AS v{i}").collect()
+
+    for i in range(60):
+        shape(i)
+    before = compiled.getCount()
+    shape(0)
+    assert compiled.getCount() == before

@@ -31,6 +31,9 @@ LOCAL_TUNING = {
     "spark.sql.adaptive.coalescePartitions.enabled": "true",
     "spark.databricks.delta.snapshotPartitions": "2",
     "spark.sql.sources.parallelPartitionDiscovery.parallelism": "4",
+    # A run generates ~200 distinct whole-stage-codegen classes; Spark keeps 100, so a JVM that
+    # serves several runs (a shared Spark Connect server) compiled them all again every run.
+    "spark.sql.codegen.cache.maxEntries": "2000",
 }
 
 
