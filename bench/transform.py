@@ -1,7 +1,7 @@
 """Benchmark: the shop's raw -> processed -> gold in Spark, against DuckDB computing the same gold.
 
     .venv/bin/python bench/transform.py --orders 1000000 [--orders 5000000] [--untuned]
-                                           [--fresh-jvm] [--shared-server N]
+                                           [--fresh-jvm] [--shared-server N] [--warm-runs N]
 
 For each size it generates raw Parquet runs shaped like the connectors' (purchases = orders,
 users = orders/10, 1,000 products, the categories CSV), then prints side by side:
@@ -18,6 +18,9 @@ users = orders/10, 1,000 products, the categories CSV), then prints side by side
 * with ``--shared-server N``: on a lake of its own, the full load and then N runs of +1 % new
   orders, each in a new client process of one Spark Connect server that outlives the runs
   (``spark.server: shared``): runs after the first find the server's JVM warm;
+* with ``--warm-runs N``: N more runs of +1 % in the same JVM, each with the CPU time the JVM's
+  JIT compilers spent during it and how many classes Spark generated (code generation) — what
+  a JVM that serves many runs (``spark.server: shared``) converges to;
 * with ``--untuned``: the full load again on a fresh lake with Spark's own defaults for the
   settings raw2gold tunes (shuffle partitions 200, Delta snapshot partitions 50).
 
@@ -418,8 +421,21 @@ def shared_server_runs(orders: int, work: Path, rounds: int) -> list[tuple[str, 
     return lines
 
 
+def jvm_work(spark: Any) -> tuple[float, int]:
+    """The in-process JVM's JIT compilation time so far (s, all compiler threads) and the
+    number of classes Spark's code generation has compiled."""
+    jvm = spark._jvm
+    jit = jvm.java.lang.management.ManagementFactory.getCompilationMXBean()
+    generated = jvm.org.apache.spark.metrics.source.CodegenMetrics.METRIC_COMPILATION_TIME()
+    return jit.getTotalCompilationTime() / 1000, int(generated.getCount())
+
+
+def jvm_note(before: tuple[float, int], after: tuple[float, int]) -> str:
+    return f"JIT {after[0] - before[0]:.1f}s CPU, {after[1] - before[1]} classes generated"
+
+
 def bench(
-    orders: int, work: Path, untuned: bool, fresh_jvm: bool = False
+    orders: int, work: Path, untuned: bool, fresh_jvm: bool = False, warm_runs: int = 0
 ) -> list[tuple[str, str, str]]:
     lines: list[tuple[str, str, str]] = []
     lake_dir = work / f"lake-{orders}"
@@ -447,16 +463,32 @@ def bench(
         shutil.copytree(lake_dir, fresh_dir)
 
     one_percent_more(lake, orders)
+    before = jvm_work(spark)
     incr = spark_run(spark, config, "incr")
+    work_done = jvm_note(before, jvm_work(spark))
     duck, duck_seconds = duckdb_gold(lake)
     same = compare(spark_gold(config), duck, "incremental")
     share = 100 * incr["total"] / full["total"]
     detail = ", ".join(f"{s} {incr[s]:.1f}s" for s in STAGES)
     lines.append(
-        ("Spark +1% incremental", f"{incr['total']:.1f}s", f"{share:.0f}% of full; {detail}")
+        (
+            "Spark +1% incremental",
+            f"{incr['total']:.1f}s",
+            f"{share:.0f}% of full; {detail}; {work_done}",
+        )
     )
     lines.append(("  gold builds", "", gold_builds(lake, "incr")))
     lines.append(("DuckDB recompute all", f"{duck_seconds:.1f}s", f"gold {same}"))
+    for round_ in range(1, warm_runs + 1):
+        one_percent_more(lake, orders, round_)
+        before = jvm_work(spark)
+        warm = spark_run(spark, config, f"warm{round_}")
+        share = 100 * warm["total"] / full["total"]
+        note = f"{share:.0f}% of full; {jvm_note(before, jvm_work(spark))}"
+        lines.append((f"  +1% run {round_ + 1}, same JVM", f"{warm['total']:.1f}s", note))
+    if warm_runs:
+        duck, _ = duckdb_gold(lake)
+        lines.append(("", "", "gold " + compare(spark_gold(config), duck, "warm runs")))
 
     if untuned:
         before = {k: spark.conf.get(k) for k in UNTUNED}
@@ -507,6 +539,13 @@ def main() -> None:
         metavar="N",
         help="also: a full load and N +1 %% runs through one shared Spark Connect server",
     )
+    parser.add_argument(
+        "--warm-runs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="also: N more +1 %% runs in the same JVM, with its JIT and code generation work",
+    )
     parser.add_argument("--incremental-only", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--client-run", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
@@ -521,7 +560,7 @@ def main() -> None:
     for orders in args.orders or [1_000_000]:
         # The shared server's runs first, before this process starts a JVM of its own.
         shared = shared_server_runs(orders, work, args.shared_server) if args.shared_server else []
-        lines = bench(orders, work, args.untuned, args.fresh_jvm) + shared
+        lines = bench(orders, work, args.untuned, args.fresh_jvm, args.warm_runs) + shared
         print(f"\n== {orders:,} orders ({orders // 10:,} users, {PRODUCTS} products), local[2]")
         width = max(len(what) for what, _, _ in lines)
         for what, seconds, note in lines:
