@@ -141,6 +141,33 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 # ---- history -------------------------------------------------------------------------------
+def cmd_maintain(args: argparse.Namespace) -> int:
+    from datetime import UTC, datetime
+
+    from raw2gold.transform.job import StageError, run_stage
+
+    config = _load(args)
+    run_id = f"maintain-{datetime.now(UTC):%Y%m%dT%H%M%S}"
+    try:
+        summary = run_stage(config, "maintain", run_id)
+    except StageError as exc:
+        raise CliError(f"maintenance failed: {exc}") from exc
+    table = Table(title=f"maintenance {run_id}", show_edge=False)
+    for column in ("table", "live files", "small", "optimized", "vacuumed", "files after"):
+        table.add_column(column, justify="left" if column == "table" else "right")
+    for name, result in summary["maintained"].items():
+        table.add_row(
+            name,
+            str(result["live_files"]),
+            str(result["small_files"]),
+            "yes" if result["optimized"] else "",
+            "yes" if result["vacuumed"] else "",
+            str(result["live_files_after"]),
+        )
+    console.print(table)
+    return 0
+
+
 def cmd_history(args: argparse.Namespace) -> int:
     from raw2gold.publish import publish_history
 
@@ -377,6 +404,12 @@ def parser() -> argparse.ArgumentParser:
     with_pipeline(history)
     history.add_argument("--json", action="store_true")
     history.set_defaults(func=cmd_history)
+
+    maintain = sub.add_parser(
+        "maintain", help="OPTIMIZE and VACUUM the Delta tables (pipeline.yaml maintenance)"
+    )
+    with_pipeline(maintain)
+    maintain.set_defaults(func=cmd_maintain)
 
     init = sub.add_parser("init", help="scaffold a new pipeline from the shop example")
     init.add_argument("directory")

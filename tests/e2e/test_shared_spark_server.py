@@ -2,8 +2,10 @@
 
 Real components as in test_shop_pipeline.py (source-faker, source-file, Spark with Delta, Airflow's
 `dags test`). The second run's Spark tasks run on the server the first run started, which
-stays up after each run; gold equals the independent DuckDB computation. The test stops the
-server through `raw2gold spark-server stop`; the fixture kills it by PID if it is still up.
+stays up after each run; gold equals the independent DuckDB computation. Both runs also
+maintain the Delta tables (OPTIMIZE, VACUUM) in a `maintain` task on that server. The test
+stops the server through `raw2gold spark-server stop`; the fixture kills it by PID if it is
+still up.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ import json
 import os
 import subprocess
 from pathlib import Path
+
+import yaml
 
 from tests.e2e.reference import RAW2GOLD, assert_shop_gold_matches_reference
 from tests.fixtures.spark import process_alive
@@ -25,10 +29,15 @@ def test_runs_share_one_spark_connect_server(shared_server_shop: Path, tmp_path:
             [*RAW2GOLD, *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=1200
         )
 
+    # with table maintenance: a `maintain` task after publish, on the same server
+    config = yaml.safe_load(shared_server_shop.read_text())
+    config["maintenance"] = {"optimize_min_files": 2, "vacuum_every_hours": 0}
+    shared_server_shop.write_text(yaml.safe_dump(config, sort_keys=False))
     for _ in range(2):
         result = raw2gold("run", str(shared_server_shop))
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "✔ spark.stop success" in result.stdout
+        assert "✔ maintain success" in result.stdout
 
     lake = shared_server_shop.parent / "lake"
     runs = [json.loads(p.read_text()) for p in lake.glob("_state/runs/*/spark_server.json")]
@@ -41,6 +50,14 @@ def test_runs_share_one_spark_connect_server(shared_server_shop: Path, tmp_path:
     assert "starting Spark local" not in logs  # no task started a JVM of its own
 
     assert_shop_gold_matches_reference(lake)
+    maintained = [json.loads(p.read_text()) for p in lake.glob("_state/runs/*/maintain.json")]
+    assert len(maintained) == 2 and all(m["status"] == "succeeded" for m in maintained)
+    assert set(maintained[0]["maintained"]) == {
+        *(f"processed.{t}" for t in ("users", "products", "purchases", "make_categories")),
+        "gold.daily_category_revenue",
+        "gold.top_products",
+    }
+    assert all(r["vacuumed"] for m in maintained for r in m["maintained"].values())
 
     status = raw2gold("spark-server", "status", "-p", str(shared_server_shop))
     assert status.returncode == 0 and f"pid {pid}" in status.stdout, status.stdout

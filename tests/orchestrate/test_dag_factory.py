@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 from raw2gold.config import load_pipeline
+from raw2gold.config.models import MaintenanceConfig
 from raw2gold.orchestrate.dag_factory import build_dag, gold_asset_uri, load_dags
 
 PARSE_PROBE = """
@@ -135,3 +136,14 @@ def test_expected_duration_becomes_a_deadline_alert(shop_pipeline: Path) -> None
     assert alert.callback.kwargs["notifications"]["webhook_conn_id"] == "ops_hook"
     silent = config.model_copy(update={"orchestration": orchestration})
     assert build_dag(silent).deadline is None
+
+
+def test_the_dag_maintains_after_publish_when_configured(shop_pipeline: Path) -> None:
+    plain = load_pipeline(shop_pipeline)
+    assert "maintain" not in build_dag(plain).task_ids
+    config = plain.model_copy(update={"maintenance": MaintenanceConfig()})
+    dag = build_dag(config)
+    maintain = dag.get_task("maintain")
+    assert maintain.upstream_task_ids == {"gold.publish"}
+    assert "done" in maintain.downstream_task_ids
+    assert "spark.stop" in maintain.downstream_task_ids

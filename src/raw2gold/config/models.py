@@ -346,6 +346,30 @@ class SparkConfig(Strict):
     )
 
 
+class MaintenanceConfig(Strict):
+    """Upkeep of the pipeline's Delta tables (processed, Delta gold): a ``maintain`` task after
+    each publish compacts small files (OPTIMIZE) and deletes files no retained version needs
+    (VACUUM)."""
+
+    optimize_min_files: int = Field(
+        default=32,
+        ge=0,
+        description="OPTIMIZE a table once this many of its live files are smaller than "
+        "small_file_mb and share a partition with another (Delta compacts within each "
+        "partition); 0 = never",
+    )
+    small_file_mb: float = Field(default=32, gt=0)
+    vacuum_retain_hours: float | None = Field(
+        default=168,
+        ge=0,
+        description="VACUUM: delete files that no version of the last this many hours needs "
+        "(time travel and change feeds reach back this far, no further); null = never",
+    )
+    vacuum_every_hours: float = Field(
+        default=24, ge=0, description="VACUUM a table at most this often (it lists every file)"
+    )
+
+
 class NotificationsConfig(Strict):
     """Failure and success notifications; credentials live in Airflow connections."""
 
@@ -390,6 +414,7 @@ class PipelineConfig(Strict):
     gold: dict[Name, GoldModel] = {}
     orchestration: OrchestrationConfig = OrchestrationConfig()
     notifications: NotificationsConfig = NotificationsConfig()
+    maintenance: MaintenanceConfig | None = None
 
     # Set by the loader: the folder the yaml lives in (model paths are relative to it).
     base_dir: Path = Field(default=Path("."), exclude=True)

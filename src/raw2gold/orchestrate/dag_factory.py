@@ -140,7 +140,7 @@ def build_dag(config: PipelineConfig) -> DAG:
 
         server_start = server_stop = None
         if config.spark.mode == "local":
-            steps = len(config.processed) + 2 * len(config.gold) + 1
+            steps = len(config.processed) + 2 * len(config.gold) + 1 + bool(config.maintenance)
             with TaskGroup("spark", tooltip="one Spark Connect server for the run's Spark tasks"):
                 server_start = SparkServerOperator(
                     task_id="start",
@@ -181,6 +181,13 @@ def build_dag(config: PipelineConfig) -> DAG:
                 Asset(name=f"{config.name}.{t}", uri=gold_asset_uri(config, t)) for t in config.gold
             ]
             publish = spark_task("publish", "publish", outlets=assets)
+        maintain = None
+        if config.maintenance is not None:
+            maintain = spark_task(
+                "maintain",
+                "maintain",
+                doc_md="OPTIMIZE and VACUUM the Delta tables (pipeline.yaml maintenance)",
+            )
         done = RunSummaryOperator(task_id="done", pipeline_path=pipeline_path)
 
         for table, task in processed.items():
@@ -195,9 +202,10 @@ def build_dag(config: PipelineConfig) -> DAG:
             for table in _checked_against(config, model):
                 builds[table] >> checks[model]
             checks[model] >> publish
-        publish >> done
+        last = publish if maintain is None else publish >> maintain
+        last >> done
         if server_stop is not None:
-            [*processed.values(), *builds.values(), *checks.values(), publish] >> server_stop
+            [*processed.values(), *builds.values(), *checks.values(), last] >> server_stop
     return dag
 
 

@@ -23,7 +23,7 @@ def run_summary(pipeline_path: str, run_id: str, lake_uri: str | None = None) ->
                 for name, s in manifest.get("streams", {}).items()
             }
     stages = {}
-    for stage in ("transform", "processed", "gold", "check", "publish"):
+    for stage in ("transform", "processed", "gold", "check", "publish", "maintain"):
         record = stage_record(lake, run_id, stage)  # with the per-model tasks' records
         if record is not None:
             stages[stage] = record

@@ -15,6 +15,10 @@ if TYPE_CHECKING:
 
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 
+# Commits that rewrite or delete files without changing rows (their actions have
+# dataChange=false): table maintenance (raw2gold.transform.maintenance) or a user's own.
+NO_DATA_CHANGE = ("OPTIMIZE", "VACUUM START", "VACUUM END")
+
 
 def quote(name: str) -> str:
     """A backtick-quoted SQL identifier."""

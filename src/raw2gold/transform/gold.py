@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from raw2gold.config.loader import REF_IN_SQL, gold_order, model_refs
 from raw2gold.config.models import PipelineConfig
 from raw2gold.lake.layout import Lake
-from raw2gold.transform.delta import is_delta, log_commit, log_version, quote
+from raw2gold.transform.delta import NO_DATA_CHANGE, is_delta, log_commit, log_version, quote
 from raw2gold.transform.processed import read_processed
 
 if TYPE_CHECKING:
@@ -263,17 +263,29 @@ def model_hash(config: PipelineConfig, table: str) -> str:
 
 def _merges_only(lake: Lake, table: str, since: str, now: str) -> bool:
     """Whether every commit of processed `table` after version `since` up to `now` is one of
-    its MERGEs or appends (which never remove a key), so its change feed names every change."""
+    its MERGEs or appends (which never remove a key) or changes no rows (OPTIMIZE, VACUUM), so
+    its change feed names every change."""
     if not (since.isdigit() and now.isdigit()) or int(since) > int(now):
         return False
     for version in range(int(since) + 1, int(now) + 1):
         commit = log_commit(lake, lake.processed_table(table), version) or {}
+        operation = commit.get("operation")
         append = (commit.get("operationParameters") or {}).get("mode") == "Append"
-        if not (
-            commit.get("operation") == "MERGE" or commit.get("operation") == "WRITE" and append
-        ):
+        if not (operation in ("MERGE", *NO_DATA_CHANGE) or operation == "WRITE" and append):
             return False
     return True
+
+
+def _rows_unchanged(lake: Lake, table: str, since: str, now: str) -> bool:
+    """Whether every commit of processed `table` after version `since` up to `now` changed no
+    rows (table maintenance: OPTIMIZE, VACUUM)."""
+    if not (since.isdigit() and now.isdigit()) or int(since) > int(now):
+        return False
+    relative = lake.processed_table(table)
+    return all(
+        (log_commit(lake, relative, version) or {}).get("operation") in NO_DATA_CHANGE
+        for version in range(int(since) + 1, int(now) + 1)
+    )
 
 
 def _rebuilt_in_run(lake: Lake, run_id: str, table: str) -> bool:
@@ -318,7 +330,14 @@ def plan_build(
         plan.reason = "the model or its config changed"
     else:
         plan.since = dict(build.get("inputs") or {})
-        plan.changed = [n for n in refs if plan.since.get(n) != inputs[n]]
+        plan.changed = [
+            n
+            for n in refs
+            if plan.since.get(n) != inputs[n]
+            and not (
+                n in config.processed and _rows_unchanged(lake, n, plan.since.get(n, ""), inputs[n])
+            )
+        ]
         listed = set(model.incremental.inputs) if model.incremental else set()
         others = [n for n in plan.changed if n not in listed]
         rewritten = [n for n in plan.changed if not _merges_only(lake, n, plan.since[n], inputs[n])]

@@ -1,11 +1,12 @@
 """The process the orchestrator runs for a Spark stage: one SparkSession per invocation.
 
-``python -m raw2gold.transform.job --pipeline PATH --stage {transform,check,publish}
+``python -m raw2gold.transform.job --pipeline PATH --stage {transform,check,publish,maintain}
 --run-id ID [--full-refresh] [--lake URI] [--verbose]``
 
 * transform: processed tables (MERGE) + their checks + gold into this run's staging
 * check: gold checks on the staged gold
 * publish: make the staged gold visible (only when the check stage passed)
+* maintain: OPTIMIZE and VACUUM the Delta tables (:mod:`raw2gold.transform.maintenance`)
 
 Each stage writes ``_state/runs/<run_id>/<stage>.json`` and prints one final line
 ``RAW2GOLD_SUMMARY {json}``. On failure: exit code 1 and ``raw2gold: <message>`` on stderr.
@@ -50,7 +51,7 @@ log = logging.getLogger("raw2gold.transform.job")
 # work as one task per layer step: processed, gold, check, publish (LAYER_STAGES).
 STAGES = ("transform", "check", "publish")
 LAYER_STAGES = ("processed", "gold", "check", "publish")
-ALL_STAGES = ("transform", "processed", "gold", "check", "publish")
+ALL_STAGES = ("transform", "processed", "gold", "check", "publish", "maintain")
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SUMMARY_PREFIX = "RAW2GOLD_SUMMARY "
 
@@ -241,6 +242,10 @@ def _execute(
         for r in publish(spark, config, run_id):
             summary["gold"][r.table] = r.as_dict()
         summary["lineage"] = lineage(spark, config, run_id)
+    elif stage == "maintain":
+        from raw2gold.transform.maintenance import maintain
+
+        summary["maintained"] = {r.table: r.as_dict() for r in maintain(spark, config)}
     elif stage not in ("transform", "processed"):
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(ALL_STAGES)}")
 
