@@ -140,7 +140,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
-# ---- history -------------------------------------------------------------------------------
+# ---- maintain ------------------------------------------------------------------------------
 def cmd_maintain(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
 
@@ -168,6 +168,7 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- history -------------------------------------------------------------------------------
 def cmd_history(args: argparse.Namespace) -> int:
     from raw2gold.publish import publish_history
 

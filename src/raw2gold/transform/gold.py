@@ -261,31 +261,30 @@ def model_hash(config: PipelineConfig, table: str) -> str:
     return digest.hexdigest()[:16]
 
 
-def _merges_only(lake: Lake, table: str, since: str, now: str) -> bool:
-    """Whether every commit of processed `table` after version `since` up to `now` is one of
-    its MERGEs or appends (which never remove a key) or changes no rows (OPTIMIZE, VACUUM), so
-    its change feed names every change."""
+def _commits(lake: Lake, table: str, since: str, now: str) -> list[dict[str, Any]] | None:
+    """The commitInfo of each version of processed `table` after `since` up to `now` (None:
+    not two versions in order)."""
     if not (since.isdigit() and now.isdigit()) or int(since) > int(now):
-        return False
-    for version in range(int(since) + 1, int(now) + 1):
-        commit = log_commit(lake, lake.processed_table(table), version) or {}
+        return None
+    relative = lake.processed_table(table)
+    return [log_commit(lake, relative, v) or {} for v in range(int(since) + 1, int(now) + 1)]
+
+
+def _merges_only(commits: list[dict[str, Any]] | None) -> bool:
+    """Whether every commit is one of a processed table's MERGEs or appends (which never remove
+    a key) or changes no rows (OPTIMIZE, VACUUM), so its change feed names every change."""
+
+    def kept_keys(commit: dict[str, Any]) -> bool:
         operation = commit.get("operation")
         append = (commit.get("operationParameters") or {}).get("mode") == "Append"
-        if not (operation in ("MERGE", *NO_DATA_CHANGE) or operation == "WRITE" and append):
-            return False
-    return True
+        return operation in ("MERGE", *NO_DATA_CHANGE) or operation == "WRITE" and append
+
+    return commits is not None and all(kept_keys(c) for c in commits)
 
 
-def _rows_unchanged(lake: Lake, table: str, since: str, now: str) -> bool:
-    """Whether every commit of processed `table` after version `since` up to `now` changed no
-    rows (table maintenance: OPTIMIZE, VACUUM)."""
-    if not (since.isdigit() and now.isdigit()) or int(since) > int(now):
-        return False
-    relative = lake.processed_table(table)
-    return all(
-        (log_commit(lake, relative, version) or {}).get("operation") in NO_DATA_CHANGE
-        for version in range(int(since) + 1, int(now) + 1)
-    )
+def _rows_unchanged(commits: list[dict[str, Any]] | None) -> bool:
+    """Whether every commit changed no rows (table maintenance: OPTIMIZE, VACUUM)."""
+    return commits is not None and all(c.get("operation") in NO_DATA_CHANGE for c in commits)
 
 
 def _rebuilt_in_run(lake: Lake, run_id: str, table: str) -> bool:
@@ -330,17 +329,16 @@ def plan_build(
         plan.reason = "the model or its config changed"
     else:
         plan.since = dict(build.get("inputs") or {})
-        plan.changed = [
-            n
-            for n in refs
-            if plan.since.get(n) != inputs[n]
-            and not (
-                n in config.processed and _rows_unchanged(lake, n, plan.since.get(n, ""), inputs[n])
-            )
-        ]
+        moved = [n for n in refs if plan.since.get(n) != inputs[n]]
+        commits = {
+            n: _commits(lake, n, plan.since.get(n, ""), inputs[n])
+            for n in moved
+            if n in config.processed
+        }
+        plan.changed = [n for n in moved if not _rows_unchanged(commits.get(n))]
         listed = set(model.incremental.inputs) if model.incremental else set()
         others = [n for n in plan.changed if n not in listed]
-        rewritten = [n for n in plan.changed if not _merges_only(lake, n, plan.since[n], inputs[n])]
+        rewritten = [n for n in plan.changed if not _merges_only(commits.get(n))]
         if not plan.changed:
             plan.mode = "unchanged"
             plan.reason = f"inputs unchanged since run {last['raw2gold_run_id'] if last else '?'}"
