@@ -323,6 +323,11 @@ def spark_run(spark: Any, config: PipelineConfig, run_id: str) -> dict[str, floa
     return times
 
 
+def stage_detail(times: dict[str, float]) -> str:
+    """Each stage's time, in the order the stages run."""
+    return ", ".join(f"{stage} {times[stage]:.1f}s" for stage in STAGES)
+
+
 def gold_builds(lake: Lake, run_id: str) -> str:
     """How the gold stage built each table in a run (full, incremental with its groups, ...)."""
     gold = lake.read_json(lake.run_record(run_id, "gold"))["gold"]
@@ -400,13 +405,13 @@ def shared_server_runs(orders: int, work: Path, rounds: int) -> list[tuple[str, 
     lines.append(("shared server start", f"{time.perf_counter() - started:.1f}s", "once"))
     try:
         full = client_run(lake_dir, "full", server["url"])
-        detail = ", ".join(f"{s} {full[s]:.1f}s" for s in STAGES)
+        detail = stage_detail(full)
         lines.append(("Spark full load (client)", f"{full['total']:.1f}s", detail))
         for round_ in range(rounds):
             one_percent_more(lake, orders, round_)
             incr = client_run(lake_dir, f"incr{round_}", server["url"])
             share = 100 * incr["total"] / full["total"]
-            detail = ", ".join(f"{s} {incr[s]:.1f}s" for s in STAGES)
+            detail = stage_detail(incr)
             lines.append(
                 (
                     f"  +1% run {round_ + 1}, same server",
@@ -430,8 +435,12 @@ def jvm_work(spark: Any) -> tuple[float, int]:
     return jit.getTotalCompilationTime() / 1000, int(generated.getCount())
 
 
-def jvm_note(before: tuple[float, int], after: tuple[float, int]) -> str:
-    return f"JIT {after[0] - before[0]:.1f}s CPU, {after[1] - before[1]} classes generated"
+def measured_run(spark: Any, config: PipelineConfig, run_id: str) -> tuple[dict[str, float], str]:
+    """The stages of one run in this process: their times, and what the JVM compiled meanwhile."""
+    before = jvm_work(spark)
+    times = spark_run(spark, config, run_id)
+    after = jvm_work(spark)
+    return times, f"JIT {after[0] - before[0]:.1f}s CPU, {after[1] - before[1]} classes generated"
 
 
 def bench(
@@ -454,7 +463,7 @@ def bench(
     full = spark_run(spark, config, "full")
     duck, duck_seconds = duckdb_gold(lake)
     same = compare(spark_gold(config), duck, "full load")
-    detail = ", ".join(f"{s} {full[s]:.1f}s" for s in STAGES)
+    detail = stage_detail(full)
     lines.append(("Spark full load", f"{full['total']:.1f}s", detail))
     lines.append(("DuckDB same gold", f"{duck_seconds:.1f}s", f"gold {same}"))
     fresh_dir = work / f"lake-{orders}-fresh-jvm"
@@ -463,13 +472,11 @@ def bench(
         shutil.copytree(lake_dir, fresh_dir)
 
     one_percent_more(lake, orders)
-    before = jvm_work(spark)
-    incr = spark_run(spark, config, "incr")
-    work_done = jvm_note(before, jvm_work(spark))
+    incr, work_done = measured_run(spark, config, "incr")
     duck, duck_seconds = duckdb_gold(lake)
     same = compare(spark_gold(config), duck, "incremental")
     share = 100 * incr["total"] / full["total"]
-    detail = ", ".join(f"{s} {incr[s]:.1f}s" for s in STAGES)
+    detail = stage_detail(incr)
     lines.append(
         (
             "Spark +1% incremental",
@@ -481,10 +488,8 @@ def bench(
     lines.append(("DuckDB recompute all", f"{duck_seconds:.1f}s", f"gold {same}"))
     for round_ in range(1, warm_runs + 1):
         one_percent_more(lake, orders, round_)
-        before = jvm_work(spark)
-        warm = spark_run(spark, config, f"warm{round_}")
-        share = 100 * warm["total"] / full["total"]
-        note = f"{share:.0f}% of full; {jvm_note(before, jvm_work(spark))}"
+        warm, work_done = measured_run(spark, config, f"warm{round_}")
+        note = f"{100 * warm['total'] / full['total']:.0f}% of full; {work_done}"
         lines.append((f"  +1% run {round_ + 1}, same JVM", f"{warm['total']:.1f}s", note))
     if warm_runs:
         duck, _ = duckdb_gold(lake)
@@ -511,7 +516,7 @@ def bench(
         duck, _ = duckdb_gold(Lake(config_fresh.lake))
         same = compare(spark_gold(config_fresh), duck, "incremental in a fresh JVM")
         share = 100 * fresh["total"] / full["total"]
-        detail = ", ".join(f"{s} {fresh[s]:.1f}s" for s in STAGES)
+        detail = stage_detail(fresh)
         lines.append(
             (
                 "Spark +1% in a fresh JVM",

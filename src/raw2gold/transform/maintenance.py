@@ -96,13 +96,13 @@ def maintain(spark: SparkSession, config: PipelineConfig) -> list[MaintenanceRes
             log.info("%s: %d of %d live files can be compacted: OPTIMIZE", table, small, len(files))
             spark.sql(f"OPTIMIZE {uri}")
         retain = settings.vacuum_retain_hours
-        vacuum = retain is not None and _vacuum_due(state, table, settings.vacuum_every_hours)
-        if vacuum:
-            assert retain is not None
+        vacuum = False
+        if retain is not None and _vacuum_due(state, table, settings.vacuum_every_hours):
             log.info("%s: VACUUM, keeping what the last %g h need", table, retain)
             _vacuum(spark, uri, retain)
             state[table] = {**state.get(table, {}), "vacuumed_at": utc_now()}
-            lake.write_json(STATE, state)
+            lake.write_json(STATE, state)  # per table: a maintain that stops halfway keeps it
+            vacuum = True
         after = live_files(lake, relative) if optimize else files
         results.append(
             MaintenanceResult(
@@ -130,13 +130,13 @@ def _compactable(files: list[dict[str, Any]], small_bytes: float) -> int:
 
 def _vacuum(spark: SparkSession, uri: str, retain_hours: float) -> None:
     """VACUUM a table; a retention under Delta's 7-day minimum is taken as configured."""
-    hours = f"{retain_hours:g}"
+    statement = f"VACUUM {uri} RETAIN {retain_hours:g} HOURS"
     if retain_hours >= DELTA_DEFAULT_RETENTION_HOURS:
-        spark.sql(f"VACUUM {uri} RETAIN {hours} HOURS")
+        spark.sql(statement)
         return
     before = spark.conf.get(RETENTION_CHECK, "true")
     spark.conf.set(RETENTION_CHECK, "false")
     try:
-        spark.sql(f"VACUUM {uri} RETAIN {hours} HOURS")
+        spark.sql(statement)
     finally:
         spark.conf.set(RETENTION_CHECK, before or "true")
