@@ -37,7 +37,9 @@ and ``_airbyte_extracted_at`` (when the connector read it).
 
 from __future__ import annotations
 
+import functools
 import logging
+import operator
 import re
 import time
 from collections.abc import Callable
@@ -144,6 +146,7 @@ def typed_with_reasons(
         )
     typed_exprs = []
     reasons: list[Column] = []
+    failed: list[Column] = []
     for column, spark_type in model.columns.items():
         cast = _cast(column, spark_type, source_types[column])
         typed_exprs.append(F.expr(cast).alias(column))
@@ -153,12 +156,18 @@ def typed_with_reasons(
             F.coalesce(F.col(column).cast("string"), F.lit("?")),
             F.lit(f" to {spark_type}"),
         )
+        failed.append(bad)
         reasons.append(F.when(bad, message))
     for key in model.primary_key:
+        failed.append(F.col(key).isNull())
         reasons.append(F.when(F.col(key).isNull(), F.lit(f"primary key {key} is null")))
-    problems = F.filter(F.array(*reasons), lambda r: r.isNotNull())
-    # the raw record, kept for quarantine: only bad rows need it
-    record = F.when(F.size(problems) > 0, F.to_json(F.struct(*[F.col(c) for c in model.columns])))
+    # One boolean per row, compiled with the casts; the reasons array (a higher-order function,
+    # evaluated row by row without code generation) and the raw record only for bad rows.
+    any_failed = functools.reduce(operator.or_, failed)
+    problems = F.when(any_failed, F.filter(F.array(*reasons), lambda r: r.isNotNull())).otherwise(
+        F.array().cast("array<string>")
+    )
+    record = F.when(any_failed, F.to_json(F.struct(*[F.col(c) for c in model.columns])))
     extras = extras or []
     typed = raw.select(
         *typed_exprs,
