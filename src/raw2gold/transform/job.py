@@ -85,15 +85,14 @@ def _processed_checks(
     """Checks of processed tables; `before`: each table's Delta version before this run.
 
     A table whose version was already checked (by an earlier run, with the same checks) keeps
-    those results for its version-only checks instead of reading the table again.
+    those results for its version-only checks instead of reading the table again. Tables are
+    checked side by side (:func:`~raw2gold.transform.parallel.in_parallel`).
     """
     lake = Lake(config.lake)
-    ref = make_ref(spark, config, run_id)
-    results: list[CheckResult] = []
-    for table in tables:
+
+    def check_table(session: SparkSession, table: str) -> list[CheckResult]:
         model = config.processed[table]
-        if not model.checks:
-            continue
+        ref = make_ref(session, config, run_id)
         relative = lake.processed_table(table)
         version = log_version(lake, relative)
         digest = _checks_hash(model.checks)
@@ -112,15 +111,15 @@ def _processed_checks(
         pending = [c for c in model.checks if c.label not in reused]
         previous_version = before.get(table, -1)
         scope = CheckScope(
-            rows=partial(table_rows, spark, lake, relative, version),
+            rows=partial(table_rows, session, lake, relative, version),
             previous_rows=(
-                partial(table_rows, spark, lake, relative, previous_version)
+                partial(table_rows, session, lake, relative, previous_version)
                 if previous_version >= 0
                 else lambda: None
             ),
         )
-        df = read_processed(spark, config, table)
-        fresh = iter(run_checks(spark, table, df, pending, ref, scope=scope))
+        df = read_processed(session, config, table)
+        fresh = iter(run_checks(session, table, df, pending, ref, scope=scope))
         table_results = [reused.get(c.label) or next(fresh) for c in model.checks]
         record = [stored[r.check] if r.check in reused else r.as_dict() for r in table_results]
         lake.write_json(
@@ -132,8 +131,10 @@ def _processed_checks(
                 "results": record,
             },
         )
-        results += table_results
-    return results
+        return table_results
+
+    checked = in_parallel(spark, [t for t in tables if config.processed[t].checks], check_table)
+    return [result for table in tables for result in checked.get(table, [])]
 
 
 def _gold_scope(spark: SparkSession, config: PipelineConfig, run_id: str, table: str) -> CheckScope:

@@ -1,11 +1,11 @@
 """Independent table steps of one stage, run at the same time on one Spark application.
 
-The DAG gives each gold model its own task, so Airflow runs independent builds, checks and
-publishes side by side. A stage run in one process (``raw2gold.transform.job`` for a whole
-layer, cluster and SSH mode, the benchmark) does the same here: each step gets its own Spark
-session of the same application (its own SQL settings, temporary views and Delta commit
-metadata), so one step's driver-side work (planning, Delta log reads, commits, file listing)
-overlaps another's Spark jobs.
+The DAG gives each processed table and gold model its own task, so Airflow runs independent
+updates, builds, checks and publishes side by side. A stage run in one process
+(``raw2gold.transform.job`` for a whole layer, cluster and SSH mode, the benchmark) does the
+same here: each step gets its own Spark session of the same application (its own SQL
+settings, temporary views and Delta commit metadata), so one step's driver-side work (planning,
+Delta log reads, commits, file listing) overlaps another's Spark jobs.
 """
 
 from __future__ import annotations

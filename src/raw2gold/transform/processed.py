@@ -61,6 +61,7 @@ from raw2gold.transform.delta import (
     sql_literal,
     table_rows,
 )
+from raw2gold.transform.parallel import in_parallel
 
 if TYPE_CHECKING:
     from pyspark.sql import Column, DataFrame, Row, SparkSession
@@ -482,11 +483,18 @@ def build_processed(
     full_refresh: bool = False,
     tables: list[str] | None = None,
 ) -> list[ProcessedResult]:
-    """Update every processed table (or the ones named) from the committed raw runs."""
-    return [
-        process_table(spark, config, table, run_id, full_refresh)
-        for table in (tables or list(config.processed))
-    ]
+    """Update every processed table (or the ones named) from the committed raw runs.
+
+    The tables are independent (each reads its own raw stream and writes its own Delta table),
+    so they are updated side by side (:func:`~raw2gold.transform.parallel.in_parallel`).
+    """
+    names = tables or list(config.processed)
+    done = in_parallel(
+        spark,
+        names,
+        lambda session, table: process_table(session, config, table, run_id, full_refresh),
+    )
+    return [done[table] for table in names]
 
 
 def read_processed(spark: SparkSession, config: PipelineConfig, table: str) -> DataFrame:
