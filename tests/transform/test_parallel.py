@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
+from pathlib import Path
 from typing import Any
 
 import pytest
 
+from raw2gold.config.models import LakeConfig
+from raw2gold.lake.layout import Lake
+from raw2gold.transform.delta import commit_metadata, log_commit
 from raw2gold.transform.parallel import WORKERS_ENV, in_parallel
 
 
@@ -64,3 +69,21 @@ def test_one_at_a_time_when_asked(spark: Any, monkeypatch: pytest.MonkeyPatch) -
     seen: list[Any] = []
     in_parallel(spark, ["a", "b"], lambda session, name: seen.append(session))
     assert seen == [spark, spark]
+
+
+def test_each_steps_delta_commit_carries_its_own_metadata(spark: Any, tmp_path: Path) -> None:
+    """Processed tables record their raw runs in their commits' metadata: steps that commit at
+    the same moment (all inside their metadata block at once) must not swap it."""
+    names = ["a", "b", "c"]
+    everyone_set = threading.Barrier(len(names), timeout=60)
+
+    def step(session: Any, name: str) -> None:
+        with commit_metadata(session, {"raw_runs": [f"run-of-{name}"]}):
+            everyone_set.wait()  # all three metadata values are set before any commit
+            session.range(5).write.format("delta").save(str(tmp_path / name))
+
+    in_parallel(spark, names, step)
+    lake = Lake(LakeConfig(uri=str(tmp_path)))
+    for name in names:
+        commit = log_commit(lake, name, 0) or {}
+        assert json.loads(commit["userMetadata"]) == {"raw_runs": [f"run-of-{name}"]}
