@@ -35,7 +35,8 @@ def _rows(lake: Lake, source: str, stream: str) -> list[list[dict[str, Any]]]:
 
 
 def latest(lake: Lake, source: str, stream: str, castable: tuple[str, ...] = ()) -> dict:
-    """Deduplicated rows by id: greatest (updated_at, _airbyte_extracted_at) wins."""
+    """Deduplicated rows by id: greatest (updated_at, _airbyte_extracted_at) wins; keys whose
+    winner is a CDC deletion (`_ab_cdc_deleted_at` set) are left out."""
     best: dict[Any, dict[str, Any]] = {}
     for rows in _rows(lake, source, stream):
         for row in rows:
@@ -48,7 +49,8 @@ def latest(lake: Lake, source: str, stream: str, castable: tuple[str, ...] = ())
             rank = (parse_ts(row["updated_at"]), row["_airbyte_extracted_at"])
             if key not in best or rank >= best[key]["_rank"]:
                 best[key] = {**row, "_rank": rank}
-    return best
+    # Airbyte CDC: a key whose latest record is a deletion is gone
+    return {k: r for k, r in best.items() if r.get("_ab_cdc_deleted_at") is None}
 
 
 def shop_gold(lake: Lake) -> dict[str, Any]:

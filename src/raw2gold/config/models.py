@@ -219,6 +219,13 @@ class ProcessedModel(Strict):
         description="raw columns not declared in columns: keep them with their raw type (a new "
         "source column appears in processed), drop them, or fail the run",
     )
+    deleted_when: str | None = Field(
+        default=None,
+        description="SQL condition over a raw record that makes it a deletion of its key: when "
+        "a key's latest record is one, the key's row leaves processed. Default: Airbyte's CDC "
+        "marker (`_ab_cdc_deleted_at IS NOT NULL`) when the stream has that column; 'false' "
+        "keeps such records as rows",
+    )
     checks: list[CheckConfig] = []
 
     @field_validator("columns")

@@ -9,6 +9,7 @@ quarantine/<table>/                       Delta: rejected rows with the reason
 _state/sources/<source>.json              connector state of the last committed run
 _state/runs/<run_id>/                     run bookkeeping (stage summaries)
 _state/checks/processed/<table>.json      check results of a processed table's newest version
+_state/deleted/<table>/                   Delta: keys deleted by CDC records, with their cursor
 _staging/<run_id>/gold/<table>/           gold built and checked, not yet published
 _staging/<run_id>/builds/<table>.json      how it was built (full | incremental | unchanged)
 _staging/<run_id>/affected/<table>/       the groups an incremental build recomputed
@@ -154,6 +155,11 @@ class Lake:
     @staticmethod
     def quarantine_table(table: str) -> str:
         return f"quarantine/{table}"
+
+    @staticmethod
+    def deleted_keys(table: str) -> str:
+        """Delta: the keys deletion records removed from a processed table, with their cursor."""
+        return f"_state/deleted/{table}"
 
     @staticmethod
     def source_state_file(source: str) -> str:

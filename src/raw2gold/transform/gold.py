@@ -271,15 +271,17 @@ def _commits(lake: Lake, table: str, since: str, now: str) -> list[dict[str, Any
 
 
 def _merges_only(commits: list[dict[str, Any]] | None) -> bool:
-    """Whether every commit is one of a processed table's MERGEs or appends (which never remove
-    a key) or changes no rows (OPTIMIZE, VACUUM), so its change feed names every change."""
+    """Whether every commit is one of a processed table's MERGEs (inserts, updates, CDC deletes)
+    or appends, or changes no rows (OPTIMIZE, VACUUM): the change feed then names every changed
+    row with its old image. After any other commit (an overwrite: a full refresh) a model is
+    rebuilt in full."""
 
-    def kept_keys(commit: dict[str, Any]) -> bool:
+    def row_level(commit: dict[str, Any]) -> bool:
         operation = commit.get("operation")
         append = (commit.get("operationParameters") or {}).get("mode") == "Append"
         return operation in ("MERGE", *NO_DATA_CHANGE) or operation == "WRITE" and append
 
-    return commits is not None and all(kept_keys(c) for c in commits)
+    return commits is not None and all(row_level(c) for c in commits)
 
 
 def _rows_unchanged(commits: list[dict[str, Any]] | None) -> bool:

@@ -45,7 +45,7 @@ DELTA_DEFAULT_RETENTION_HOURS = 168
 class MaintenanceResult:
     """What the maintain stage did to one Delta table."""
 
-    table: str  # processed.<name> or gold.<name>
+    table: str  # processed.<name>, gold.<name> or deleted.<name>
     live_files: int  # before
     small_files: int  # before: small files in partitions holding more than one
     optimized: bool
@@ -58,9 +58,11 @@ class MaintenanceResult:
 
 
 def delta_tables(config: PipelineConfig) -> dict[str, str]:
-    """The pipeline's Delta tables that exist: {"processed.x" | "gold.y": lake-relative path}."""
+    """The pipeline's Delta tables that exist: {"processed.x" | "gold.y" | "deleted.x":
+    lake-relative path} (``deleted.x``: the keys CDC deletions removed from processed x)."""
     lake = Lake(config.lake)
     tables = {f"processed.{t}": lake.processed_table(t) for t in config.processed}
+    tables.update({f"deleted.{t}": lake.deleted_keys(t) for t in config.processed})
     tables.update(
         {f"gold.{t}": lake.gold_table(t) for t, m in config.gold.items() if m.format == "delta"}
     )

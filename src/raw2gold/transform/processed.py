@@ -14,6 +14,10 @@ Per processed table:
 * **Incremental streams.** Deduplicate by primary key keeping the latest cursor, then the latest
   ``_airbyte_extracted_at``; ``MERGE INTO`` by key, updating only when the incoming cursor is
   >= the stored one (a late, older record never overwrites a newer one).
+* **Deletes** (CDC sources): a record matching ``deleted_when`` (default: Airbyte's
+  ``_ab_cdc_deleted_at IS NOT NULL`` when the stream has the column) deletes its key under the
+  same cursor rule, in the same MERGE. The deleted keys and their cursor are kept in
+  ``_state/deleted/<table>`` so that a later, older record does not insert the key again.
 * **Full-refresh streams** (e.g. a CSV): every raw run is a complete snapshot, so the table
   becomes exactly the newest raw run's rows (overwrite); older runs are marked as seen.
 * ``full_refresh=True`` rebuilds an incremental table from all committed raw runs (overwrite).
@@ -69,6 +73,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 META_COLUMNS = ["_raw2gold_run_id", "_airbyte_extracted_at"]
+# Airbyte's CDC sources mark a deleted source row with a record whose _ab_cdc_deleted_at is set.
+CDC_DELETED_AT = "_ab_cdc_deleted_at"
+DELETED = "_raw2gold_deleted"  # whether a record deletes its key (never stored in processed)
 # Processed tables record row-level changes, so incremental gold models read only what changed.
 CHANGE_FEED = "delta.enableChangeDataFeed"
 COMPLEX = re.compile(r"^(array|map|struct)<", re.IGNORECASE)
@@ -90,6 +97,7 @@ class ProcessedResult:
     rows_written: int = 0
     rows_inserted: int = 0
     rows_updated: int = 0
+    rows_deleted: int = 0  # keys removed by deletion records (CDC deletes)
     columns_added: list[str] = field(default_factory=list)
     rows: int = 0  # rows in the table after this run
     delta_version: int = -1
@@ -129,10 +137,44 @@ def extra_columns(raw: DataFrame, model: ProcessedModel, table: str) -> list[str
     return extras if model.extra_columns == "keep" else []
 
 
+def deletion_condition(raw: DataFrame, model: ProcessedModel, table: str) -> str | None:
+    """The SQL condition that makes a raw record a deletion of its key, or None (no deletes).
+
+    ``deleted_when`` when set ('false' turns deletes off); otherwise Airbyte's CDC marker when
+    the stream has it. A condition that is not a boolean over the raw record is an error.
+    """
+    from pyspark.sql import functions as F
+
+    condition = model.deleted_when
+    if condition is None:
+        return f"{quote(CDC_DELETED_AT)} IS NOT NULL" if CDC_DELETED_AT in raw.columns else None
+    if condition.strip().lower() == "false":
+        return None
+    try:
+        kind = raw.select(F.expr(condition).alias("deleted")).schema["deleted"].dataType
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ProcessedError(
+            f"processed {table}: deleted_when {condition!r} is not a condition over the raw "
+            f"record of {model.source} ({first}); fix it in pipeline.yaml"
+        ) from exc
+    if kind.typeName() != "boolean":
+        raise ProcessedError(
+            f"processed {table}: deleted_when {condition!r} is {kind.simpleString()}, not a "
+            "condition (true/false); fix it in pipeline.yaml"
+        )
+    return condition
+
+
 def typed_with_reasons(
-    raw: DataFrame, model: ProcessedModel, table: str, extras: list[str] | None = None
+    raw: DataFrame,
+    model: ProcessedModel,
+    table: str,
+    extras: list[str] | None = None,
+    deleted: str | None = None,
 ) -> tuple[DataFrame, list[str]]:
-    """Add typed columns and a `_raw2gold_reasons` array (empty when the row is good).
+    """Add typed columns and a `_raw2gold_reasons` array (empty when the row is good), and with
+    a ``deleted`` condition the `_raw2gold_deleted` flag, evaluated on the raw record.
 
     Returns the frame and its data columns: the declared ones, then `extras` as they are in raw.
     """
@@ -178,6 +220,7 @@ def typed_with_reasons(
         F.col("_airbyte_raw_id"),
         record.alias("_raw2gold_record"),
         problems.alias("_raw2gold_reasons"),
+        *([F.coalesce(F.expr(deleted), F.lit(False)).alias(DELETED)] if deleted else []),
     )
     return typed, [*model.columns, *extras]
 
@@ -330,6 +373,53 @@ def _merge_condition(model: ProcessedModel) -> str:
 INTEGER_TYPES = ("tinyint", "smallint", "int", "bigint")
 
 
+def _keep_deletions(
+    spark: SparkSession,
+    lake: Lake,
+    table: str,
+    model: ProcessedModel,
+    latest: DataFrame,
+    deletions: int,
+    replace: bool,
+) -> DataFrame:
+    """Record the keys this batch deletes (`_state/deleted/<table>`, with their cursor) and
+    return the batch without records older than their key's deletion.
+
+    Without the record, a late record older than a deletion that was already applied would
+    find no row to compare its cursor with and insert the key again. ``replace`` (a rebuild
+    from every raw run) rewrites the record from the batch. It is committed before the
+    processed table, so a run that stops in between redoes both.
+    """
+    from pyspark.sql import functions as F
+
+    relative = lake.deleted_keys(table)
+    uri = lake.spark_uri(relative)
+    exists = is_delta(lake, relative)
+    order = model.cursor or "_airbyte_extracted_at"
+    columns = [quote(c) for c in [*model.primary_key, order]]
+    if deletions and exists and not replace:
+        view = f"__r2g_deleted_{table}"
+        latest.where(F.col(DELETED)).select(*columns).createOrReplaceTempView(view)
+        on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in model.primary_key)
+        o = quote(order)
+        spark.sql(
+            f"MERGE INTO {delta_ref(uri)} AS t USING {view} AS s ON {on} "
+            f"WHEN MATCHED AND (s.{o} > t.{o} OR t.{o} IS NULL) THEN UPDATE SET * "
+            "WHEN NOT MATCHED THEN INSERT *"
+        ).collect()
+        spark.catalog.dropTempView(view)
+    elif deletions or (exists and replace):
+        latest.where(F.col(DELETED)).select(*columns).write.format("delta").mode(
+            "overwrite"
+        ).option("overwriteSchema", "true").save(uri)
+    if replace or not (exists or deletions):
+        return latest
+    gone = spark.read.format("delta").load(uri).alias("d")
+    stale = [F.col(f"s.{quote(k)}") == F.col(f"d.{quote(k)}") for k in model.primary_key]
+    stale += [F.col(f"d.{quote(order)}") > F.col(f"s.{quote(order)}"), ~F.col(f"s.{DELETED}")]
+    return latest.alias("s").join(gone, functools.reduce(operator.and_, stale), "left_anti")
+
+
 def _merge_or_append(
     spark: SparkSession,
     lake: Lake,
@@ -344,9 +434,13 @@ def _merge_or_append(
 
     When no incoming key can match a row (one integer key whose incoming range lies outside
     every file's range, e.g. new growing ids), the MERGE would only insert: an append writes
-    the same rows without the MERGE's join.
+    the same rows without the MERGE's join. A deletion record (`_raw2gold_deleted`) deletes
+    its key's row under the same cursor rule as an update, and never inserts.
     """
+    from pyspark.sql import functions as F
+
     uri = lake.spark_uri(relative)
+    deletes = DELETED in latest.columns
     key = model.primary_key[0]
     if (
         len(model.primary_key) == 1
@@ -355,8 +449,9 @@ def _merge_or_append(
         and cannot_match(lake, relative, key, *bounds[key])
     ):
         result.mode = "append"  # rows written: from the commit, as for an overwrite
+        rows = latest.where(~F.col(DELETED)).drop(DELETED) if deletes else latest
         with commit_metadata(spark, metadata):
-            latest.write.format("delta").mode("append").save(uri)
+            rows.write.format("delta").mode("append").save(uri)
         return
     result.mode = "merge"
     view = f"__r2g_incoming_{result.table}"
@@ -364,13 +459,17 @@ def _merge_or_append(
     on = " AND ".join(
         [f"t.{quote(k)} = s.{quote(k)}" for k in model.primary_key] + bound_predicates(bounds)
     )
-    names = [quote(c) for c in latest.columns]
+    names = [quote(c) for c in latest.columns if c != DELETED]
     updates = ", ".join(f"t.{n} = s.{n}" for n in names)
     values = ", ".join(f"s.{n}" for n in names)
+    newer = _merge_condition(model)
+    flag = f"s.{DELETED}"
     sql = (
         f"MERGE INTO {delta_ref(uri)} AS t USING {view} AS s ON {on} "
-        f"WHEN MATCHED AND {_merge_condition(model)} THEN UPDATE SET {updates} "
-        f"WHEN NOT MATCHED THEN INSERT ({', '.join(names)}) VALUES ({values})"
+        + (f"WHEN MATCHED AND {flag} AND {newer} THEN DELETE " if deletes else "")
+        + f"WHEN MATCHED AND {newer} THEN UPDATE SET {updates} "
+        + f"WHEN NOT MATCHED {f'AND NOT {flag} ' if deletes else ''}"
+        + f"THEN INSERT ({', '.join(names)}) VALUES ({values})"
     )
     with commit_metadata(spark, metadata):
         stats = spark.sql(sql).collect()
@@ -379,6 +478,7 @@ def _merge_or_append(
         row = stats[0].asDict()
         result.rows_updated = int(row.get("num_updated_rows") or 0)
         result.rows_inserted = int(row.get("num_inserted_rows") or 0)
+        result.rows_deleted = int(row.get("num_deleted_rows") or 0)
     result.rows_written = result.rows_updated + result.rows_inserted
 
 
@@ -423,14 +523,19 @@ def process_table(
         result.duration_seconds = round(time.monotonic() - started, 3)
         return result
 
-    typed, columns = typed_with_reasons(raw, model, table, extra_columns(raw, model, table))
+    deleted = deletion_condition(raw, model, table)
+    typed, columns = typed_with_reasons(
+        raw, model, table, extra_columns(raw, model, table), deleted
+    )
     typed = typed.cache()
     try:
         well_typed = F.size("_raw2gold_reasons") == 0
         ranges, read_ranges = key_bounds(bound_keys(typed, model.primary_key), well_typed)
+        deletions = [F.sum(F.when(well_typed & F.col(DELETED), 1).otherwise(0))] if deleted else []
         counts = typed.agg(
             F.count(F.lit(1)).alias("n"),
             F.sum(F.when(F.size("_raw2gold_reasons") > 0, 1).otherwise(0)).alias("bad"),
+            *[d.alias("deletions") for d in deletions],
             *ranges,
         ).collect()[0]
         result.rows_read = int(counts["n"])
@@ -439,7 +544,13 @@ def process_table(
             _quarantine(spark, lake, table, typed.where(F.size("_raw2gold_reasons") > 0), run_id)
             log.warning("processed %s: %d row(s) quarantined", table, result.rows_quarantined)
         good = typed.where(well_typed)
-        latest = deduplicate(good, model).select(*[quote(c) for c in columns], *META_COLUMNS)
+        latest = deduplicate(good, model).select(
+            *[quote(c) for c in columns], *META_COLUMNS, *([DELETED] if deleted else [])
+        )
+        if deleted and not snapshot:
+            latest = _keep_deletions(
+                spark, lake, table, model, latest, int(counts["deletions"] or 0), overwrite
+            )
         seen = sorted(set(all_ids if snapshot else []) | done | set(result.raw_runs))
         metadata = {
             "raw2gold_run_id": run_id,
@@ -449,8 +560,9 @@ def process_table(
         }
         if overwrite:
             result.mode = "overwrite"
+            rows = latest.where(~F.col(DELETED)).drop(DELETED) if deleted else latest
             writer = (
-                latest.write.format("delta")
+                rows.write.format("delta")
                 .mode("overwrite")
                 .option("overwriteSchema", "true")
                 .option(CHANGE_FEED, "true")
@@ -460,7 +572,8 @@ def process_table(
             with commit_metadata(spark, metadata):
                 writer.save(uri)
         else:
-            result.columns_added = _add_new_columns(spark, uri, latest, table)
+            incoming = latest.drop(DELETED) if deleted else latest
+            result.columns_added = _add_new_columns(spark, uri, incoming, table)
             bounds = read_ranges(counts)
             _merge_or_append(spark, lake, relative, model, latest, metadata, result, bounds)
     finally:
