@@ -156,6 +156,12 @@ def shop_records(seed: int = 7, users: int = 30, products: int = 12, purchases: 
     return {"users": user_rows, "products": product_rows, "purchases": purchase_rows}
 
 
+def with_processed(config: Any, table: str, **update: Any) -> Any:
+    """The pipeline config with processed `table`'s settings changed (e.g. extra_columns)."""
+    model = config.processed[table].model_copy(update=update)
+    return config.model_copy(update={"processed": {**config.processed, table: model}})
+
+
 def categories(rows: list[tuple[str, str, str]] | None = None) -> list[dict[str, Any]]:
     rows = rows or [(m, c, "X") for m, c in MAKES]
     return [{"make": m, "category": c, "country": k} for m, c, k in rows]

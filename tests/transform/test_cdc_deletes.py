@@ -15,12 +15,17 @@ import pyarrow as pa
 import pytest
 
 from raw2gold.config.loader import load_pipeline
-from raw2gold.config.models import PipelineConfig
 from raw2gold.lake.layout import Lake
 from raw2gold.transform.job import STAGES, run_stage
 from raw2gold.transform.maintenance import delta_tables
 from raw2gold.transform.processed import ProcessedError, build_processed
-from tests.transform.rawdata import categories, shop_records, ts, write_raw_run
+from tests.transform.rawdata import (
+    categories,
+    shop_records,
+    ts,
+    with_processed,
+    write_raw_run,
+)
 from tests.transform.reference import assert_gold_matches_reference, latest
 
 CDC = {"_ab_cdc_deleted_at": pa.string()}
@@ -46,14 +51,21 @@ def _delete(user: dict[str, Any], day: int) -> dict[str, Any]:
     return {**user, "updated_at": ts(day, user["id"]), "_ab_cdc_deleted_at": ts(day, user["id"])}
 
 
-def test_deletions_remove_keys_and_older_records_never_bring_them_back(
-    tmp_path: Path, spark: Any, shop_pipeline: Path
-) -> None:
+def _first_run(tmp_path: Path, shop_pipeline: Path, count: int) -> tuple[Path, Any, Lake, Any]:
+    """The shop pipeline on a new lake whose first raw run holds `count` users with the CDC
+    column; the lake folder, config, lake and users by id."""
     lake_dir = tmp_path / "lake"
     config = load_pipeline(shop_pipeline, str(lake_dir))
     lake = Lake(config.lake)
-    users = {u["id"]: u for u in shop_records(users=6)["users"]}
+    users = {u["id"]: u for u in shop_records(users=count)["users"]}
     write_raw_run(lake, "faker", "r1", {"users": list(users.values())}, T1, extra_fields=CDC)
+    return lake_dir, config, lake, users
+
+
+def test_deletions_remove_keys_and_older_records_never_bring_them_back(
+    tmp_path: Path, spark: Any, shop_pipeline: Path
+) -> None:
+    lake_dir, config, lake, users = _first_run(tmp_path, shop_pipeline, 6)
     [first] = build_processed(spark, config, "run1", tables=["users"])
     assert (first.mode, first.rows) == ("overwrite", 6)
 
@@ -99,32 +111,25 @@ def test_deletions_remove_keys_and_older_records_never_bring_them_back(
     assert delta_tables(config)["deleted.users"] == "_state/deleted/users"
 
 
-def _with_users(config: PipelineConfig, **update: Any) -> PipelineConfig:
-    users = config.processed["users"].model_copy(update=update)
-    return config.model_copy(update={"processed": {**config.processed, "users": users}})
-
-
 def test_deleted_when_false_keeps_deletion_records_as_rows_and_a_bad_one_is_one_line(
     tmp_path: Path, spark: Any, shop_pipeline: Path
 ) -> None:
-    lake_dir = tmp_path / "lake"
-    config = load_pipeline(shop_pipeline, str(lake_dir))
-    lake = Lake(config.lake)
-    users = shop_records(users=3)["users"]
-    write_raw_run(lake, "faker", "r1", {"users": users}, T1, extra_fields=CDC)
+    lake_dir, config, lake, users = _first_run(tmp_path, shop_pipeline, 3)
     build_processed(spark, config, "run1", tables=["users"])
-    write_raw_run(lake, "faker", "r2", {"users": [_delete(users[0], 5)]}, T2, extra_fields=CDC)
+    write_raw_run(lake, "faker", "r2", {"users": [_delete(users[1], 5)]}, T2, extra_fields=CDC)
 
     with pytest.raises(ProcessedError) as failed:
-        build_processed(spark, _with_users(config, deleted_when="no_such_column"), "run2")
+        build_processed(
+            spark, with_processed(config, "users", deleted_when="no_such_column"), "run2"
+        )
     message = str(failed.value)
     assert "\n" not in message
     assert "processed users: deleted_when 'no_such_column'" in message
     assert "fix it in pipeline.yaml" in message
     with pytest.raises(ProcessedError, match="is string, not a condition"):
-        build_processed(spark, _with_users(config, deleted_when="email"), "run2")
+        build_processed(spark, with_processed(config, "users", deleted_when="email"), "run2")
 
-    kept = _with_users(config, deleted_when="false")
+    kept = with_processed(config, "users", deleted_when="false")
     [result] = build_processed(spark, kept, "run2", tables=["users"])
     assert (result.rows_deleted, result.rows) == (0, 3)
     assert _users(lake_dir, spark)[1]["_ab_cdc_deleted_at"] is not None

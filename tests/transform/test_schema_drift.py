@@ -12,7 +12,7 @@ import pytest
 from raw2gold.config.loader import load_pipeline
 from raw2gold.lake.layout import Lake
 from raw2gold.transform.processed import ProcessedError, build_processed
-from tests.transform.rawdata import shop_records, ts, write_raw_run
+from tests.transform.rawdata import shop_records, ts, with_processed, write_raw_run
 
 T1 = datetime(2026, 2, 1, 6, tzinfo=UTC)
 T2 = datetime(2026, 2, 2, 6, tzinfo=UTC)
@@ -25,9 +25,9 @@ def _users(lake_dir: Path, spark: Any) -> dict[int, dict[str, Any]]:
 
 
 def _config(shop_pipeline: Path, lake_dir: Path, policy: str) -> Any:
-    config = load_pipeline(shop_pipeline, str(lake_dir))
-    users = config.processed["users"].model_copy(update={"extra_columns": policy})
-    return config.model_copy(update={"processed": {**config.processed, "users": users}})
+    return with_processed(
+        load_pipeline(shop_pipeline, str(lake_dir)), "users", extra_columns=policy
+    )
 
 
 def test_new_source_column_appears_in_processed_and_a_dropped_one_stays(
