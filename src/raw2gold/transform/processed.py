@@ -373,6 +373,16 @@ def _merge_condition(model: ProcessedModel) -> str:
 INTEGER_TYPES = ("tinyint", "smallint", "int", "bigint")
 
 
+def _written_rows(latest: DataFrame) -> DataFrame:
+    """The rows a write keeps: deletion records left out and their flag dropped (the frame as
+    it is when the table has no deletes)."""
+    from pyspark.sql import functions as F
+
+    if DELETED not in latest.columns:
+        return latest
+    return latest.where(~F.col(DELETED)).drop(DELETED)
+
+
 def _keep_deletions(
     spark: SparkSession,
     lake: Lake,
@@ -396,10 +406,10 @@ def _keep_deletions(
     uri = lake.spark_uri(relative)
     exists = is_delta(lake, relative)
     order = model.cursor or "_airbyte_extracted_at"
-    columns = [quote(c) for c in [*model.primary_key, order]]
+    batch = latest.where(F.col(DELETED)).select(*[quote(c) for c in [*model.primary_key, order]])
     if deletions and exists and not replace:
         view = f"__r2g_deleted_{table}"
-        latest.where(F.col(DELETED)).select(*columns).createOrReplaceTempView(view)
+        batch.createOrReplaceTempView(view)
         on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in model.primary_key)
         o = quote(order)
         spark.sql(
@@ -409,9 +419,7 @@ def _keep_deletions(
         ).collect()
         spark.catalog.dropTempView(view)
     elif deletions or (exists and replace):
-        latest.where(F.col(DELETED)).select(*columns).write.format("delta").mode(
-            "overwrite"
-        ).option("overwriteSchema", "true").save(uri)
+        batch.write.format("delta").mode("overwrite").option("overwriteSchema", "true").save(uri)
     if replace or not (exists or deletions):
         return latest
     gone = spark.read.format("delta").load(uri).alias("d")
@@ -437,7 +445,6 @@ def _merge_or_append(
     the same rows without the MERGE's join. A deletion record (`_raw2gold_deleted`) deletes
     its key's row under the same cursor rule as an update, and never inserts.
     """
-    from pyspark.sql import functions as F
 
     uri = lake.spark_uri(relative)
     deletes = DELETED in latest.columns
@@ -449,9 +456,8 @@ def _merge_or_append(
         and cannot_match(lake, relative, key, *bounds[key])
     ):
         result.mode = "append"  # rows written: from the commit, as for an overwrite
-        rows = latest.where(~F.col(DELETED)).drop(DELETED) if deletes else latest
         with commit_metadata(spark, metadata):
-            rows.write.format("delta").mode("append").save(uri)
+            _written_rows(latest).write.format("delta").mode("append").save(uri)
         return
     result.mode = "merge"
     view = f"__r2g_incoming_{result.table}"
@@ -560,9 +566,9 @@ def process_table(
         }
         if overwrite:
             result.mode = "overwrite"
-            rows = latest.where(~F.col(DELETED)).drop(DELETED) if deleted else latest
             writer = (
-                rows.write.format("delta")
+                _written_rows(latest)
+                .write.format("delta")
                 .mode("overwrite")
                 .option("overwriteSchema", "true")
                 .option(CHANGE_FEED, "true")
@@ -572,7 +578,7 @@ def process_table(
             with commit_metadata(spark, metadata):
                 writer.save(uri)
         else:
-            incoming = latest.drop(DELETED) if deleted else latest
+            incoming = latest.drop(DELETED)  # no-op without deletes
             result.columns_added = _add_new_columns(spark, uri, incoming, table)
             bounds = read_ranges(counts)
             _merge_or_append(spark, lake, relative, model, latest, metadata, result, bounds)
