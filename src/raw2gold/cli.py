@@ -76,7 +76,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def _print_run_summary(
     config: PipelineConfig, run_id: str, tasks: dict[str, Any], seconds: float
 ) -> None:
-    from raw2gold.orchestrate.summary import run_summary
+    from raw2gold.orchestrate.summary import processed_note, run_summary
 
     summary = run_summary(str(config.path), run_id, lake_uri=config.lake.uri)
     table = Table(title=f"run {run_id}: rows per layer", show_edge=False)
@@ -89,8 +89,7 @@ def _print_run_summary(
     stages = summary["stages"]
     processed = stages.get("processed") or stages.get("transform") or {}
     for name, stats in processed.get("processed", {}).items():
-        note = f"{stats.get('quarantined', 0)} quarantined" if stats.get("quarantined") else ""
-        table.add_row("processed", name, str(stats.get("rows", "")), note)
+        table.add_row("processed", name, str(stats.get("rows", "")), processed_note(stats))
     publish = summary["stages"].get("publish", {})
     built = (stages.get("gold") or stages.get("transform") or {}).get("gold", {})
     for name, stats in publish.get("gold", {}).items():

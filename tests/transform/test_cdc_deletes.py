@@ -16,6 +16,7 @@ import pytest
 
 from raw2gold.config.loader import load_pipeline
 from raw2gold.lake.layout import Lake
+from raw2gold.orchestrate.summary import processed_note, run_summary
 from raw2gold.transform.job import STAGES, run_stage
 from raw2gold.transform.maintenance import delta_tables
 from raw2gold.transform.processed import ProcessedError, build_processed
@@ -157,6 +158,9 @@ def test_deleted_purchases_leave_incremental_gold(
     write_raw_run(lake, "faker", "r2", {"purchases": gone}, T2, extra_fields=CDC)
     summaries = {stage: run_stage(config, stage, "run2", spark=spark) for stage in STAGES}
     assert summaries["transform"]["processed"]["purchases"]["rows_deleted"] == 3
+    # and the run summary (`raw2gold run`'s closing table) says so
+    recorded = run_summary(str(shop_pipeline), "run2", lake_uri=config.lake.uri)
+    assert processed_note(recorded["stages"]["transform"]["processed"]["purchases"]) == "3 deleted"
     gold = summaries["transform"]["gold"]
     assert gold["daily_category_revenue"]["build"] == "incremental"
     assert gold["customer_lifetime_value"]["build"] == "incremental"

@@ -28,3 +28,16 @@ def run_summary(pipeline_path: str, run_id: str, lake_uri: str | None = None) ->
         if record is not None:
             stages[stage] = record
     return {"pipeline": config.name, "run_id": run_id, "raw": raw, "stages": stages}
+
+
+def processed_note(stats: dict[str, Any]) -> str:
+    """What a processed table's row count does not say: rows quarantined, keys deleted by CDC
+    deletion records, columns the source added ("" when none)."""
+    parts = []
+    if stats.get("quarantined"):
+        parts.append(f"{stats['quarantined']} quarantined")
+    if stats.get("rows_deleted"):
+        parts.append(f"{stats['rows_deleted']} deleted")
+    if stats.get("columns_added"):
+        parts.append(f"new columns {', '.join(stats['columns_added'])}")
+    return ", ".join(parts)
