@@ -152,9 +152,11 @@ def cmd_maintain(args: argparse.Namespace) -> int:
     except StageError as exc:
         raise CliError(f"maintenance failed: {exc}") from exc
     table = Table(title=f"maintenance {run_id}", show_edge=False)
-    for column in ("table", "live files", "small", "optimized", "vacuumed", "files after"):
-        table.add_column(column, justify="left" if column == "table" else "right")
+    columns = ("table", "live files", "small", "optimized", "vacuumed", "files after", "note")
+    for column in columns:
+        table.add_column(column, justify="left" if column in ("table", "note") else "right")
     for name, result in summary["maintained"].items():
+        forgotten = result.get("keys_forgotten", 0)
         table.add_row(
             name,
             str(result["live_files"]),
@@ -162,6 +164,7 @@ def cmd_maintain(args: argparse.Namespace) -> int:
             "yes" if result["optimized"] else "",
             "yes" if result["vacuumed"] else "",
             str(result["live_files_after"]),
+            f"{forgotten} deleted keys forgotten" if forgotten else "",
         )
     console.print(table)
     return 0

@@ -7,7 +7,7 @@ record per key, deletions left out) after every run, however the records arrive.
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +15,7 @@ import pyarrow as pa
 import pytest
 
 from raw2gold.config.loader import load_pipeline
+from raw2gold.config.models import MaintenanceConfig
 from raw2gold.lake.layout import Lake
 from raw2gold.orchestrate.summary import processed_note, run_summary
 from raw2gold.transform.job import STAGES, run_stage
@@ -165,3 +166,36 @@ def test_deleted_purchases_leave_incremental_gold(
     assert gold["daily_category_revenue"]["build"] == "incremental"
     assert gold["customer_lifetime_value"]["build"] == "incremental"
     assert_gold_matches_reference(config)
+
+
+def test_maintain_forgets_deleted_keys_older_than_the_retention(
+    tmp_path: Path, spark: Any, shop_pipeline: Path
+) -> None:
+    """`maintenance.deleted_keys_retain_days` bounds `_state/deleted/<table>`: `maintain` forgets
+    a key whose deletion record was extracted longer ago, and keeps the others; a late record
+    older than a forgotten deletion then brings its key back (the documented price), while a
+    remembered deletion still keeps its key out."""
+    lake_dir, shop, lake, users = _first_run(tmp_path, shop_pipeline, 4)
+    config = shop.model_copy(update={"maintenance": MaintenanceConfig(deleted_keys_retain_days=30)})
+    build_processed(spark, config, "run1", tables=["users"])
+    recent = datetime.now(UTC) - timedelta(days=2)
+    write_raw_run(lake, "faker", "r2", {"users": [_delete(users[2], 5)]}, T2, extra_fields=CDC)
+    write_raw_run(lake, "faker", "r3", {"users": [_delete(users[3], 5)]}, recent, extra_fields=CDC)
+    [deleted] = build_processed(spark, config, "run2", tables=["users"])
+    assert (deleted.rows_deleted, sorted(_users(lake_dir, spark))) == (2, [1, 4])
+
+    maintained = run_stage(config, "maintain", "maintain1", spark=spark)["maintained"]
+    assert maintained["deleted.users"]["keys_forgotten"] == 1
+    remembered = spark.read.format("delta").load(str(lake_dir / "_state" / "deleted" / "users"))
+    assert [row["id"] for row in remembered.collect()] == [3]
+    assert (
+        run_stage(config, "maintain", "maintain2", spark=spark)["maintained"]["deleted.users"][
+            "keys_forgotten"
+        ]
+        == 0
+    )
+
+    late = [{**users[k], "email": f"late{k}@example.com", "updated_at": ts(3, k)} for k in (2, 3)]
+    write_raw_run(lake, "faker", "r4", {"users": late}, T4, extra_fields=CDC)
+    build_processed(spark, config, "run3", tables=["users"])
+    assert sorted(_users(lake_dir, spark)) == [1, 2, 4]

@@ -375,6 +375,13 @@ class MaintenanceConfig(Strict):
     vacuum_every_hours: float = Field(
         default=24, ge=0, description="VACUUM a table at most this often (it lists every file)"
     )
+    deleted_keys_retain_days: float | None = Field(
+        default=None,
+        gt=0,
+        description="forget a key deleted by a CDC deletion record this many days after the "
+        "record was extracted (from _state/deleted/<table>): a record older than the deletion "
+        "that arrives later than that brings the key back; null = remember every deleted key",
+    )
 
 
 class NotificationsConfig(Strict):

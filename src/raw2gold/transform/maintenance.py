@@ -14,6 +14,9 @@ files its rewrites replaced stay on storage forever. The ``maintain`` stage, aft
   last one is kept in ``_state/maintenance.json``): files that no version of that window needs
   are deleted, so time travel and change feeds reach back that far and no further. A gold
   build whose last publish is older falls back to a full build, as with any missing change feed.
+* With ``deleted_keys_retain_days``, forget the keys CDC deletion records removed (the
+  ``deleted.<table>`` tables) once their deletion record is that many days old, so a source
+  that deletes a lot does not grow that table forever.
 
 Raw is never touched (it is immutable), and Parquet gold keeps its newest versions itself.
 """
@@ -23,12 +26,13 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import asdict, dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.models import MaintenanceConfig, PipelineConfig
 from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.transform.delta import delta_ref, is_delta, live_files
+from raw2gold.transform.processed import EXTRACTED_AT
 
 if TYPE_CHECKING:
     from pyspark.sql import SparkSession
@@ -52,6 +56,7 @@ class MaintenanceResult:
     vacuumed: bool
     live_files_after: int
     duration_seconds: float
+    keys_forgotten: int = 0  # deleted.<name>: deleted keys older than deleted_keys_retain_days
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -88,6 +93,9 @@ def maintain(spark: SparkSession, config: PipelineConfig) -> list[MaintenanceRes
     for table, relative in delta_tables(config).items():
         started = time.monotonic()
         uri = delta_ref(lake.spark_uri(relative))
+        forgotten = 0
+        if table.startswith("deleted.") and settings.deleted_keys_retain_days is not None:
+            forgotten = _forget_deleted_keys(spark, table, uri, settings.deleted_keys_retain_days)
         files = live_files(lake, relative)
         if files is None:  # a log raw2gold cannot read without Spark: ask Spark for the count
             detail = spark.sql(f"DESCRIBE DETAIL {uri}").collect()[0]
@@ -115,9 +123,25 @@ def maintain(spark: SparkSession, config: PipelineConfig) -> list[MaintenanceRes
                 vacuum,
                 len(after) if after is not None else -1,
                 round(time.monotonic() - started, 3),
+                forgotten,
             )
         )
     return results
+
+
+def _forget_deleted_keys(spark: SparkSession, table: str, uri: str, days: float) -> int:
+    """Delete the deleted keys whose deletion record was extracted more than ``days`` ago; how
+    many. (A table written before the extraction time was recorded keeps its keys.)"""
+    if EXTRACTED_AT not in spark.table(uri).columns:
+        log.info("%s: no extraction times recorded, keeping every key", table)
+        return 0
+    cutoff = datetime.now(UTC) - timedelta(days=days)
+    [row] = spark.sql(
+        f"DELETE FROM {uri} WHERE {EXTRACTED_AT} < TIMESTAMP '{cutoff:%Y-%m-%d %H:%M:%S.%f}'"
+    ).collect()
+    forgotten = int(row[0] or 0)
+    log.info("%s: forgot %d keys deleted more than %g days ago", table, forgotten, days)
+    return forgotten
 
 
 def _compactable(files: list[dict[str, Any]], small_bytes: float) -> int:

@@ -72,7 +72,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-META_COLUMNS = ["_raw2gold_run_id", "_airbyte_extracted_at"]
+EXTRACTED_AT = "_airbyte_extracted_at"
+META_COLUMNS = ["_raw2gold_run_id", EXTRACTED_AT]
 # Airbyte's CDC sources mark a deleted source row with a record whose _ab_cdc_deleted_at is set.
 CDC_DELETED_AT = "_ab_cdc_deleted_at"
 DELETED = "_raw2gold_deleted"  # whether a record deletes its key (never stored in processed)
@@ -392,8 +393,9 @@ def _keep_deletions(
     deletions: int,
     replace: bool,
 ) -> DataFrame:
-    """Record the keys this batch deletes (`_state/deleted/<table>`, with their cursor) and
-    return the batch without records older than their key's deletion.
+    """Record the keys this batch deletes (`_state/deleted/<table>`, with their cursor and
+    when their deletion record was extracted) and return the batch without records older than
+    their key's deletion.
 
     Without the record, a late record older than a deletion that was already applied would
     find no row to compare its cursor with and insert the key again. ``replace`` (a rebuild
@@ -405,8 +407,9 @@ def _keep_deletions(
     relative = lake.deleted_keys(table)
     uri = lake.spark_uri(relative)
     exists = is_delta(lake, relative)
-    order = model.cursor or "_airbyte_extracted_at"
-    batch = latest.where(F.col(DELETED)).select(*[quote(c) for c in [*model.primary_key, order]])
+    order = model.cursor or EXTRACTED_AT
+    kept = dict.fromkeys([*model.primary_key, order, EXTRACTED_AT])  # the age `maintain` prunes by
+    batch = latest.where(F.col(DELETED)).select(*[quote(c) for c in kept])
     if deletions and exists and not replace:
         view = f"__r2g_deleted_{table}"
         batch.createOrReplaceTempView(view)
