@@ -21,7 +21,14 @@ from typing import TYPE_CHECKING, Any
 from raw2gold.config.loader import REF_IN_SQL, gold_order, model_refs
 from raw2gold.config.models import PipelineConfig
 from raw2gold.lake.layout import Lake
-from raw2gold.transform.delta import NO_DATA_CHANGE, is_delta, log_commit, log_version, quote
+from raw2gold.transform.delta import (
+    NO_DATA_CHANGE,
+    is_delta,
+    log_commit,
+    log_version,
+    quote,
+    sql_literal,
+)
 from raw2gold.transform.processed import read_processed
 
 if TYPE_CHECKING:
@@ -401,12 +408,12 @@ def _write_affected(
     assert incremental is not None
     groups = None
     for name in plan.changed:
-        changes = (
-            spark.read.format("delta")
-            .option("readChangeFeed", "true")
-            .option("startingVersion", int(plan.since[name]) + 1)
-            .option("endingVersion", int(plan.inputs[name]))
-            .load(lake.spark_uri(lake.processed_table(name)))
+        # Delta's SQL function, not the reader's readChangeFeed options: those make Spark log
+        # three "duplicated key" warnings per read.
+        uri = sql_literal(lake.spark_uri(lake.processed_table(name)))
+        changes = spark.sql(
+            f"SELECT * FROM table_changes_by_path({uri}, "
+            f"{int(plan.since[name]) + 1}, {int(plan.inputs[name])})"
         )
         keys = changes.selectExpr(
             *[
