@@ -9,13 +9,11 @@ computation as the local run.
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 from pathlib import Path
 
-import yaml
-
 from tests.e2e.reference import RAW2GOLD, assert_shop_gold_matches_reference
+from tests.fixtures.paths import shop_copy_on_s3
 
 
 def mirror(s3_server, bucket: str, prefix: str, target: Path) -> None:
@@ -31,22 +29,10 @@ def mirror(s3_server, bucket: str, prefix: str, target: Path) -> None:
             client.download_file(bucket, key, str(path))
 
 
-def test_shop_pipeline_on_s3(s3_server, shop_pipeline: Path, tmp_path: Path) -> None:
+def test_shop_pipeline_on_s3(s3_server, tmp_path: Path) -> None:
     bucket = s3_server.create_bucket("shop-lake")
-    pipeline_dir = tmp_path / "shop"
-    shutil.copytree(shop_pipeline.parent, pipeline_dir, ignore=shutil.ignore_patterns("lake"))
-    config = yaml.safe_load((pipeline_dir / "pipeline.yaml").read_text())
-    config["lake"] = {
-        "uri": f"s3://{bucket}/pipelines/shop",
-        "s3": {
-            "endpoint": s3_server.endpoint,
-            "region": "us-east-1",
-            "path_style": True,
-            "access_key": "${AWS_ACCESS_KEY_ID}",
-            "secret_key": "${AWS_SECRET_ACCESS_KEY}",
-        },
-    }
-    (pipeline_dir / "pipeline.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    pipeline = shop_copy_on_s3(s3_server, tmp_path, bucket, "pipelines/shop")
+    pipeline_dir = pipeline.parent
     env = {
         **os.environ,
         "RAW2GOLD_HOME": str(tmp_path / ".raw2gold"),
@@ -54,7 +40,7 @@ def test_shop_pipeline_on_s3(s3_server, shop_pipeline: Path, tmp_path: Path) -> 
         "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
     }
     result = subprocess.run(
-        [*RAW2GOLD, "run", str(pipeline_dir / "pipeline.yaml")],
+        [*RAW2GOLD, "run", str(pipeline)],
         cwd=tmp_path,
         env=env,
         capture_output=True,

@@ -119,3 +119,24 @@ def assert_gold_matches_reference(config: PipelineConfig) -> None:
     )
     assert [t[2] for t in got_top] == [t[2] for t in expected["top_products"]]
     assert {t[0] for t in got_top} == {t[0] for t in expected["top_products"]}
+
+
+def first_shop_run(
+    config: PipelineConfig,
+    spark: Any,
+    extracted_at: datetime,
+    extra_fields: dict[str, Any] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """The shop's first raw runs (faker `r1`, the categories CSV `c1`) through every stage as
+    run `run1`, gold checked against the reference; the faker records."""
+    from raw2gold.transform.job import STAGES, run_stage
+    from tests.transform.rawdata import categories, shop_records, write_raw_run
+
+    lake = Lake(config.lake)
+    records = shop_records()
+    write_raw_run(lake, "faker", "r1", records, extracted_at, extra_fields=extra_fields)
+    write_raw_run(lake, "catalog_csv", "c1", {"make_categories": categories()}, extracted_at)
+    for stage in STAGES:
+        run_stage(config, stage, "run1", spark=spark)
+    assert_gold_matches_reference(config)
+    return records

@@ -22,13 +22,12 @@ from raw2gold.transform.job import STAGES, run_stage
 from raw2gold.transform.maintenance import delta_tables
 from raw2gold.transform.processed import ProcessedError, build_processed
 from tests.transform.rawdata import (
-    categories,
     shop_records,
     ts,
     with_processed,
     write_raw_run,
 )
-from tests.transform.reference import assert_gold_matches_reference, latest
+from tests.transform.reference import assert_gold_matches_reference, first_shop_run, latest
 
 CDC = {"_ab_cdc_deleted_at": pa.string()}
 T1, T2, T3, T4 = (datetime(2026, 3, d, 6, tzinfo=UTC) for d in (1, 2, 3, 4))
@@ -144,12 +143,7 @@ def test_deleted_purchases_leave_incremental_gold(
     and customers of the deleted purchases, and gold equals the independent computation."""
     config = load_pipeline(shop_pipeline, str(tmp_path / "lake"))
     lake = Lake(config.lake)
-    records = shop_records()
-    write_raw_run(lake, "faker", "r1", records, T1, extra_fields=CDC)
-    write_raw_run(lake, "catalog_csv", "c1", {"make_categories": categories()}, T1)
-    for stage in STAGES:
-        run_stage(config, stage, "run1", spark=spark)
-    assert_gold_matches_reference(config)
+    records = first_shop_run(config, spark, T1, extra_fields=CDC)
 
     bought = [p for p in records["purchases"] if p["purchased_at"] and not p["returned_at"]]
     gone = [

@@ -11,14 +11,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import yaml
-
-ROOT = Path(__file__).resolve().parents[2]
+from tests.fixtures.paths import REPO, shop_copy_on_s3
 
 SCRIPT = """
 import json, sys
@@ -30,20 +27,15 @@ from raw2gold.config.loader import load_pipeline
 from raw2gold.lake.layout import Lake
 from raw2gold.transform.job import STAGES, run_stage
 from raw2gold.transform.session import spark_session
-from tests.transform.rawdata import categories, shop_records, ts, write_raw_run
-from tests.transform.reference import assert_gold_matches_reference
+from tests.transform.rawdata import ts, write_raw_run
+from tests.transform.reference import assert_gold_matches_reference, first_shop_run
 
 CDC = {"_ab_cdc_deleted_at": pa.string()}
 T1, T2 = datetime(2026, 3, 1, 6, tzinfo=UTC), datetime(2026, 3, 2, 6, tzinfo=UTC)
 config = load_pipeline(sys.argv[1])
 lake = Lake(config.lake)
 spark = spark_session(config, "raw2gold-s3-incremental")
-records = shop_records()
-write_raw_run(lake, "faker", "r1", records, T1, extra_fields=CDC)
-write_raw_run(lake, "catalog_csv", "c1", {"make_categories": categories()}, T1)
-for stage in STAGES:
-    run_stage(config, stage, "run1", spark=spark)
-assert_gold_matches_reference(config)
+records = first_shop_run(config, spark, T1, extra_fields=CDC)
 
 bought = [p for p in records["purchases"] if p["purchased_at"] and not p["returned_at"]]
 deleted = [
@@ -69,32 +61,18 @@ spark.stop()
 """
 
 
-def test_incremental_run_on_s3_matches_the_reference(
-    s3_server, shop_pipeline: Path, tmp_path: Path
-) -> None:
+def test_incremental_run_on_s3_matches_the_reference(s3_server, tmp_path: Path) -> None:
     bucket = s3_server.create_bucket("incremental")
-    pipeline_dir = tmp_path / "shop"
-    shutil.copytree(shop_pipeline.parent, pipeline_dir, ignore=shutil.ignore_patterns("lake"))
-    config = yaml.safe_load((pipeline_dir / "pipeline.yaml").read_text())
-    config["lake"] = {
-        "uri": f"s3://{bucket}/shop",
-        "s3": {
-            "endpoint": s3_server.endpoint,
-            "path_style": True,
-            "access_key": "${PROBE_S3_KEY}",
-            "secret_key": "${PROBE_S3_SECRET}",
-        },
-    }
-    (pipeline_dir / "pipeline.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    pipeline = shop_copy_on_s3(s3_server, tmp_path, bucket, "shop")
     env = {
         **os.environ,
         "SPARK_LOCAL_IP": "127.0.0.1",
-        "PROBE_S3_KEY": s3_server.access_key,
-        "PROBE_S3_SECRET": s3_server.secret_key,
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
     }
     result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(pipeline_dir / "pipeline.yaml")],
-        cwd=ROOT,
+        [sys.executable, "-c", SCRIPT, str(pipeline)],
+        cwd=REPO,
         env=env,
         capture_output=True,
         text=True,
@@ -111,4 +89,4 @@ def test_incremental_run_on_s3_matches_the_reference(
             "top_products": "full",
         },
     }
-    assert not (pipeline_dir / "lake").exists(), "nothing may land on the local disk"
+    assert not (pipeline.parent / "lake").exists(), "nothing may land on the local disk"
