@@ -9,13 +9,9 @@ Spark runs in its own process: the session-wide `spark` fixture has no S3 jars.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
-from tests.fixtures.paths import REPO, shop_copy_on_s3
+from tests.fixtures.paths import shop_copy_on_s3
 
 SCRIPT = """
 import json, sys
@@ -64,24 +60,8 @@ spark.stop()
 def test_incremental_run_on_s3_matches_the_reference(s3_server, tmp_path: Path) -> None:
     bucket = s3_server.create_bucket("incremental")
     pipeline = shop_copy_on_s3(s3_server, tmp_path, bucket, "shop")
-    env = {
-        **os.environ,
-        "SPARK_LOCAL_IP": "127.0.0.1",
-        "AWS_ACCESS_KEY_ID": s3_server.access_key,
-        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
-    }
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, str(pipeline)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert s3_server.secret_key not in result.stdout + result.stderr
-    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
-    assert json.loads(line.removeprefix("RESULT ")) == {
+    result = s3_server.run_script(SCRIPT, str(pipeline), timeout=900)
+    assert result == {
         "rows_deleted": 3,
         "builds": {
             "customer_lifetime_value": "incremental",

@@ -7,9 +7,6 @@ cannot change once it has started.
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 from deltalake import DeltaTable
@@ -46,29 +43,13 @@ spark.stop()
 
 def test_delta_and_parquet_round_trip_over_s3a(s3_server, tmp_path: Path) -> None:
     bucket = s3_server.create_bucket("s3a")
-    env = {
-        **os.environ,
-        "SPARK_LOCAL_IP": "127.0.0.1",
-        "PROBE_S3_KEY": s3_server.access_key,
-        "PROBE_S3_SECRET": s3_server.secret_key,
-    }
     settings = {
         "endpoint": s3_server.endpoint,
         "path_style": True,
-        "access_key": "${PROBE_S3_KEY}",
-        "secret_key": "${PROBE_S3_SECRET}",
+        "access_key": "${AWS_ACCESS_KEY_ID}",
+        "secret_key": "${AWS_SECRET_ACCESS_KEY}",
     }
-    result = subprocess.run(
-        [sys.executable, "-c", SCRIPT, f"s3://{bucket}/lake", json.dumps(settings)],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert result.returncode == 0, result.stderr[-4000:]
-    assert s3_server.secret_key not in result.stdout + result.stderr
-    line = next(x for x in result.stdout.splitlines() if x.startswith("RESULT "))
-    got = json.loads(line.removeprefix("RESULT "))
+    got = s3_server.run_script(SCRIPT, f"s3://{bucket}/lake", json.dumps(settings))
     assert got == {
         "delta_rows": 100,
         "delta_sum": 2 * sum(range(1, 101)),
