@@ -40,9 +40,11 @@ def latest(lake: Lake, source: str, stream: str, castable: tuple[str, ...] = ())
     best: dict[Any, dict[str, Any]] = {}
     for rows in _rows(lake, source, stream):
         for row in rows:
+            deletion = row.get("_ab_cdc_deleted_at") is not None
             try:
                 for column in castable:
-                    parse_ts(row[column])
+                    if not deletion or column in ("id", "updated_at"):  # a deletion's key, cursor
+                        parse_ts(row[column])
             except ValueError:
                 continue  # quarantined by the transform
             key = row["id"]

@@ -38,11 +38,13 @@ def _users(lake_dir: Path, spark: Any) -> dict[int, dict[str, Any]]:
     return {row["id"]: row.asDict() for row in df.collect()}
 
 
-def _assert_users_match(lake_dir: Path, lake: Lake, spark: Any) -> None:
+def _assert_users_match(
+    lake_dir: Path, lake: Lake, spark: Any, castable: tuple[str, ...] = ()
+) -> None:
     """Processed users equal the independent computation: the latest raw record per id,
     deletions left out (compared by e-mail, which the updates change)."""
     got = _users(lake_dir, spark)
-    expected = latest(lake, "faker", "users")
+    expected = latest(lake, "faker", "users", castable)
     assert {k: r["email"] for k, r in got.items()} == {k: r["email"] for k, r in expected.items()}
     assert all(r["_ab_cdc_deleted_at"] is None for r in got.values())
 
@@ -110,6 +112,31 @@ def test_deletions_remove_keys_and_older_records_never_bring_them_back(
     _assert_users_match(lake_dir, lake, spark)
     # the deleted keys are a Delta table of their own, kept small by `maintain` too
     assert delta_tables(config)["deleted.users"] == "_state/deleted/users"
+
+
+def test_a_deletion_needs_only_its_key_and_cursor_to_cast(
+    tmp_path: Path, spark: Any, shop_pipeline: Path
+) -> None:
+    """A value that does not cast in a deletion record's other columns does not hold the
+    deletion back; in an ordinary record it still sends the record to quarantine."""
+    lake_dir, config, lake, users = _first_run(tmp_path, shop_pipeline, 4)
+    build_processed(spark, config, "run1", tables=["users"])
+    run2 = [
+        {**_delete(users[2], 5), "created_at": "not a date"},  # deleted all the same
+        {**users[3], "email": "three@example.com", "updated_at": ts(5, 3), "created_at": "?"},
+        {**_delete(users[4], 5), "updated_at": "not a date"},  # a bad cursor: quarantined
+    ]
+    write_raw_run(lake, "faker", "r2", {"users": run2}, T2, extra_fields=CDC)
+    [result] = build_processed(spark, config, "run2", tables=["users"])
+    assert (result.rows_deleted, result.rows_quarantined, result.rows) == (1, 2, 3)
+    assert sorted(_users(lake_dir, spark)) == [1, 3, 4]
+    assert _users(lake_dir, spark)[3]["email"] == users[3]["email"]  # its update: quarantined
+    _assert_users_match(lake_dir, lake, spark, castable=("created_at", "updated_at"))
+    quarantine = spark.read.format("delta").load(str(lake_dir / "quarantine" / "users"))
+    assert sorted(row["reason"] for row in quarantine.collect()) == [
+        "column created_at: cannot cast ? to timestamp",
+        "column updated_at: cannot cast not a date to timestamp",
+    ]
 
 
 def test_deleted_when_false_keeps_deletion_records_as_rows_and_a_bad_one_is_one_line(

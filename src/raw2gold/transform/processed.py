@@ -18,6 +18,8 @@ Per processed table:
   ``_ab_cdc_deleted_at IS NOT NULL`` when the stream has the column) deletes its key under the
   same cursor rule, in the same MERGE. The deleted keys and their cursor are kept in
   ``_state/deleted/<table>`` so that a later, older record does not insert the key again.
+  A deletion record needs only its key and cursor to cast: its other values are never stored,
+  so a bad one there does not hold the deletion back (nor quarantine it).
 * **Full-refresh streams** (e.g. a CSV): every raw run is a complete snapshot, so the table
   becomes exactly the newest raw run's rows (overwrite); older runs are marked as seen.
 * ``full_refresh=True`` rebuilds an incremental table from all committed raw runs (overwrite).
@@ -191,10 +193,15 @@ def typed_with_reasons(
     typed_exprs = []
     reasons: list[Column] = []
     failed: list[Column] = []
+    deleting = F.coalesce(F.expr(deleted), F.lit(False)) if deleted else None
+    # A deletion record needs only its key and cursor: its other values are never stored.
+    needed = {*model.primary_key, *([model.cursor] if model.cursor else [])}
     for column, spark_type in model.columns.items():
         cast = _cast(column, spark_type, source_types[column])
         typed_exprs.append(F.expr(cast).alias(column))
         bad = F.col(column).isNotNull() & F.expr(cast).isNull()
+        if deleting is not None and column not in needed:
+            bad = bad & ~deleting
         message = F.concat(
             F.lit(f"column {column}: cannot cast "),
             F.coalesce(F.col(column).cast("string"), F.lit("?")),
@@ -221,7 +228,7 @@ def typed_with_reasons(
         F.col("_airbyte_raw_id"),
         record.alias("_raw2gold_record"),
         problems.alias("_raw2gold_reasons"),
-        *([F.coalesce(F.expr(deleted), F.lit(False)).alias(DELETED)] if deleted else []),
+        *([deleting.alias(DELETED)] if deleting is not None else []),
     )
     return typed, [*model.columns, *extras]
 
