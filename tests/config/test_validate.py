@@ -100,6 +100,40 @@ gold:
     assert len(problems) == 7
 
 
+def test_a_credential_inline_in_a_source_config_is_refused_with_its_line(tmp_path: Path) -> None:
+    """Credentials never sit in pipeline.yaml: a connector config key naming a password, token
+    or key must hold an ${ENV} reference (masked in logs); paths and URLs under such keys and
+    referenced values pass."""
+    path = write(
+        tmp_path,
+        """name: p
+sources:
+  api:
+    connector: {package: airbyte-source-declarative-manifest, version: 6.0.0}
+    config:
+      api_key: ${API_KEY}
+      token_url: https://example.com/oauth/token
+      private_key_path: ${PIPELINE_DIR}/key.pem
+      credentials:
+        client_secret: "s3cr3t-value"
+        password: "Bearer ${TOKEN}"
+      headers:
+        - {name: X-Api-Token, token: abc123}
+    streams:
+      - {name: users}
+""",
+    )
+    problems = problems_of(path)
+    assert problems == [
+        f"{path}:10: sources.api.config.credentials.client_secret: a credential is written "
+        "inline (it would sit in the file, the DAG and the logs) (hint: use an environment "
+        "reference such as ${CLIENT_SECRET}, masked in logs)",
+        f"{path}:13: sources.api.config.headers.0.token: a credential is written inline (it "
+        "would sit in the file, the DAG and the logs) (hint: use an environment reference such "
+        "as ${TOKEN}, masked in logs)",
+    ]
+
+
 def test_missing_stream_and_bad_check(tmp_path: Path) -> None:
     path = write(
         tmp_path,

@@ -12,7 +12,14 @@ from typing import Any
 import yaml
 from pydantic import BaseModel, ValidationError
 
-from raw2gold.config.models import GoldModel, PipelineConfig, ProcessedModel, SourceConfig
+from raw2gold.config.models import (
+    NOT_SECRET_SUFFIXES,
+    SECRET_KEY_PARTS,
+    GoldModel,
+    PipelineConfig,
+    ProcessedModel,
+    SourceConfig,
+)
 
 REF_IN_SQL = re.compile(r"\{\{\s*ref\(\s*['\"]([A-Za-z0-9_]+)['\"]\s*\)\s*\}\}")
 REF_IN_PYTHON = re.compile(r"\bref\(\s*['\"]([A-Za-z0-9_]+)['\"]\s*\)")
@@ -282,6 +289,12 @@ def _semantic_problems(
                             f"relationships check refers to unknown table {target!r}",
                         )
     for name, source in config.sources.items():
+        for path in inline_credentials(source.config):
+            add(
+                ("sources", name, "config", *path),
+                "a credential is written inline (it would sit in the file, the DAG and the logs)",
+                f"use an environment reference such as ${{{path[-1].upper()}}}, masked in logs",
+            )
         if source.connector and source.connector.manifest:
             if not (config.base_dir / source.connector.manifest).is_file():
                 add(
@@ -290,6 +303,25 @@ def _semantic_problems(
                     "path is relative to the yaml",
                 )
     return problems
+
+
+def inline_credentials(value: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Where a connector config holds a credential's value itself: a non-empty string under a
+    key naming a password, secret, token or key, with no ``${ENV}`` reference in it."""
+    found: list[tuple[str, ...]] = []
+    if isinstance(value, dict):
+        for key, child in value.items():
+            found += inline_credentials(child, (*path, str(key)))
+    elif isinstance(value, list):
+        for index, child in enumerate(value):
+            found += inline_credentials(child, (*path, str(index)))
+    elif isinstance(value, str) and value and path:
+        key = next((p for p in reversed(path) if not p.isdigit()), "").lower()
+        secret = any(part in key for part in SECRET_KEY_PARTS)
+        refs = [m for m in ENV_PATTERN.findall(value) if m != "PIPELINE_DIR"]
+        if secret and not key.endswith(NOT_SECRET_SUFFIXES) and not refs:
+            found.append(path)
+    return found
 
 
 def load_pipeline(path: str | Path, lake_uri: str | None = None) -> PipelineConfig:

@@ -15,7 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
-SECRET_KEYS = {"access_key", "secret_key", "session_token", "password", "token", "client_secret"}
+# A connector config key naming a credential holds an ${ENV} reference, never the value itself.
+SECRET_KEY_PARTS = ("password", "secret", "token", "api_key", "apikey", "access_key", "private")
+NOT_SECRET_SUFFIXES = ("_url", "_uri", "_path", "_file", "_endpoint", "_type", "_method", "_name")
 
 
 class Strict(BaseModel):

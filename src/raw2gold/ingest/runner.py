@@ -23,7 +23,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from raw2gold.config.loader import ENV_PATTERN, resolve_env_tree
-from raw2gold.config.models import ConnectorSpec, PipelineConfig, SourceConfig, StreamConfig
+from raw2gold.config.models import (
+    SECRET_KEY_PARTS,
+    ConnectorSpec,
+    PipelineConfig,
+    SourceConfig,
+    StreamConfig,
+)
 from raw2gold.ingest.connectors import install_connector, load_manifest
 from raw2gold.ingest.protocol import ConnectorError, ConnectorProcess, LogFn, Message, one_line
 from raw2gold.ingest.raw_writer import (
@@ -38,7 +44,6 @@ logger = logging.getLogger("raw2gold.ingest")
 
 SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 DATE = re.compile(r"^\d{4}-\d{2}-\d{2}$")
-SECRET_KEY_PARTS = ("password", "secret", "token", "api_key", "apikey", "access_key", "private")
 PIPELINE_DIR = "${PIPELINE_DIR}"
 
 
