@@ -3,6 +3,7 @@
 import json
 import subprocess
 import sys
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -103,9 +104,31 @@ def test_task_dependencies_follow_the_config(shop_pipeline: Path) -> None:
     assert dag.max_active_runs == 1
     assert dag.catchup is False
     assert tasks["ingest.faker"].retries == 2
+    for task in tasks.values():  # retries back off exponentially; every task has a timeout
+        assert task.retry_delay == timedelta(seconds=30)
+        assert task.retry_exponential_backoff and task.max_retry_delay == timedelta(minutes=10)
+        assert task.execution_timeout is not None, task.task_id
+    assert tasks["ingest.faker"].execution_timeout == timedelta(minutes=60)
+    assert tasks["gold.publish"].execution_timeout == timedelta(minutes=120)
+    assert dag.is_paused_upon_creation is True
+    assert (dag.timetable.expression, str(dag.timetable.timezone)) == ("0 0 * * *", "UTC")
+    tz_config = config.model_copy(
+        update={
+            "orchestration": config.orchestration.model_copy(
+                update={"schedule": "30 6 * * 1-5", "timezone": "Europe/Madrid"}
+            )
+        }
+    )
+    madrid = build_dag(tz_config)
+    assert madrid.timetable.expression == "30 6 * * 1-5"
+    assert str(madrid.timetable.timezone) == "Europe/Madrid"  # runs at 6:30 Madrid time
     assert {a.uri for a in tasks["gold.publish"].outlets} == {
-        gold_asset_uri(config, t) for t in config.gold
+        f"file://{config.lake.uri}/gold/{t}" for t in config.gold
     }
+    on_s3 = config.model_copy(
+        update={"lake": config.lake.model_copy(update={"uri": "s3a://bucket/shop/"})}
+    )
+    assert gold_asset_uri(on_s3, "top_products") == "s3://bucket/shop/gold/top_products"
     assert set(dag.params.keys()) == {"full_refresh", "sources", "run_id"}
 
 

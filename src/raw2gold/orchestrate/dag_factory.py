@@ -89,6 +89,7 @@ def build_dag(config: PipelineConfig) -> DAG:
         schedule=orchestration.schedule,
         start_date=start,
         catchup=orchestration.catchup,
+        is_paused_upon_creation=True,  # a new pipeline runs when triggered or unpaused
         max_active_runs=1,
         default_args=default_args,
         tags=["raw2gold", config.name, *orchestration.tags],
@@ -188,7 +189,9 @@ def build_dag(config: PipelineConfig) -> DAG:
                 "maintain",
                 doc_md="OPTIMIZE and VACUUM the Delta tables (pipeline.yaml maintenance)",
             )
-        done = RunSummaryOperator(task_id="done", pipeline_path=pipeline_path)
+        done = RunSummaryOperator(
+            task_id="done", pipeline_path=pipeline_path, execution_timeout=timedelta(minutes=5)
+        )
 
         for table, task in processed.items():
             ingest_tasks[config.processed[table].source.split(".")[0]] >> task
