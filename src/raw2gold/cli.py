@@ -178,21 +178,30 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.table not in config.gold:
         raise CliError(f"no gold table {args.table!r}; known: {', '.join(config.gold)}")
     entries = publish_history(config, args.table)
+    if not entries and not args.json:
+        console.print(f"gold.{args.table} has not been published in {config.lake.uri} yet")
+        return 0
     if args.json:
         console.print_json(json.dumps(entries, default=str))
         return 0
     table = Table(title=f"history of gold.{args.table}", show_edge=False)
-    for column in ("version", "run_id", "published_at", "rows", "checks"):
+    for column in ("version", "run_id", "published_at", "rows", "checks", "build", "inputs"):
         table.add_column(column)
     for entry in entries:
         checks = entry.get("checks") or []
         passed = sum(1 for c in checks if c.get("passed"))
+        inputs = entry.get("inputs") or {}
         table.add_row(
             str(entry.get("version", "")),
             str(entry.get("run_id", "")),
             str(entry.get("published_at", "")),
             str(entry.get("rows", "")),
             f"{passed}/{len(checks)} passed",
+            str(entry.get("build") or ""),
+            ", ".join(
+                f"{name} v{i.get('delta_version')} (+{len(i.get('raw_runs') or [])} raw)"
+                for name, i in inputs.items()
+            ),
         )
     console.print(table)
     return 0

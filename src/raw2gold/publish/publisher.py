@@ -346,6 +346,7 @@ def _publish_parquet(
         "published_at": metadata.get("published_at"),
         "rows": metadata.get("rows"),
         "checks": metadata.get("checks", []),
+        **history_inputs(config, table, metadata),
     }
     old_entries = [e for e in (pointer or {}).get("history", []) if e.get("version") in versions]
     lake.write_json(
@@ -567,15 +568,49 @@ def gold_arrow_table(config: PipelineConfig, table: str) -> pa.Table:
     return dataset.to_table()
 
 
+def processed_inputs(config: PipelineConfig, table: str) -> list[str]:
+    """The processed tables a gold table is computed from, through the gold models it reads."""
+    from raw2gold.config.loader import model_refs
+
+    found: set[str] = set()
+    pending, seen = [table], {table}
+    while pending:
+        for ref in model_refs(config, pending.pop()):
+            if ref in config.processed:
+                found.add(ref)
+            elif ref in config.gold and ref not in seen:
+                seen.add(ref)
+                pending.append(ref)
+    return sorted(found)
+
+
+def history_inputs(config: PipelineConfig, table: str, meta: dict[str, Any]) -> dict[str, Any]:
+    """What a publish was computed from, from its recorded lineage: each processed input's Delta
+    version and the raw runs its newest commit applied, and how the model was built."""
+    processed = meta.get("processed") or {}
+    inputs = {
+        name: {
+            "delta_version": processed[name].get("delta_version"),
+            "raw_runs": processed[name].get("last_raw_runs", []),
+        }
+        for name in processed_inputs(config, table)
+        if isinstance(processed.get(name), dict)
+    }
+    return {"inputs": inputs, "build": (meta.get("build") or {}).get("mode")}
+
+
 def publish_history(config: PipelineConfig, table: str) -> list[dict[str, Any]]:
     """Publications of a gold table, newest first, read without Spark.
 
-    Entries: version (Delta version or Parquet run id), run_id, published_at, rows, checks.
+    Entries: version (Delta version or Parquet run id), run_id, published_at, rows, checks,
+    inputs (each processed input's Delta version and the raw runs it last applied) and build
+    (full or incremental); the last two are empty for publishes recorded before they existed.
     """
     lake = Lake(config.lake)
     if config.gold[table].format == "parquet":
         pointer = current_pointer(lake, table)
-        return list(pointer.get("history", [])) if pointer else []
+        entries = list(pointer.get("history", [])) if pointer else []
+        return [{"inputs": {}, "build": None, **e} for e in entries]
     if not is_delta(lake, lake.gold_table(table)):
         return []
     from deltalake import DeltaTable
@@ -600,6 +635,7 @@ def publish_history(config: PipelineConfig, table: str) -> list[dict[str, Any]]:
                 if meta.get("rows") is not None
                 else log_row_count(lake, lake.gold_table(table), int(commit["version"])),
                 "checks": meta.get("checks", []),
+                **history_inputs(config, table, meta),
             }
         )
     return sorted(entries, key=lambda e: -int(e["version"] or 0))
