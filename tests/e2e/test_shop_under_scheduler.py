@@ -1,6 +1,8 @@
 """The shop example under a real Airflow: `raw2gold airflow up --pipelines …` (api-server,
 scheduler, dag-processor, triggerer on 127.0.0.1, the package's DAG folder) and runs started
-with `raw2gold trigger <pipeline.yaml>`, through the scheduler and LocalExecutor, to gold.
+by its schedule and with `raw2gold trigger <pipeline.yaml>`, through the scheduler and
+LocalExecutor, to gold; and a run whose connector task is killed from Airflow while the
+connector is reading.
 
 Real components only: Airbyte's source-faker and source-file, Spark in local mode with Delta
 Lake (the run's Spark Connect server), Airflow 3. Gold is checked against the independent DuckDB
@@ -9,10 +11,14 @@ computation over raw (tests/e2e/reference.py).
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import time
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from tests.e2e.reference import RAW2GOLD, assert_shop_gold_matches_reference
 from tests.fixtures.airflow import ShopAirflow
@@ -20,8 +26,10 @@ from tests.fixtures.airflow import ShopAirflow
 DAG = "raw2gold_shop"
 
 
-def _trigger(shop: ShopAirflow, *params: str) -> subprocess.CompletedProcess[str]:
-    command = [*RAW2GOLD, "trigger", str(shop.pipeline)]
+def _trigger(
+    shop: ShopAirflow, *params: str, wait: bool = True
+) -> subprocess.CompletedProcess[str]:
+    command = [*RAW2GOLD, "trigger", str(shop.pipeline), *([] if wait else ["--no-wait"])]
     for param in params:
         command += ["--param", param]
     return subprocess.run(
@@ -38,6 +46,11 @@ def _run_id(output: str) -> str:
 def _task_states(shop: ShopAirflow, run_id: str) -> dict[str, Any]:
     reply = shop.client.call("GET", f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances")
     return {ti["task_id"]: ti["state"] for ti in reply["task_instances"]}
+
+
+def _runs(shop: ShopAirflow, **params: Any) -> list[dict[str, Any]]:
+    reply = shop.client.call("GET", f"/api/v2/dags/{DAG}/dagRuns", params=params)
+    return list(reply["dag_runs"])
 
 
 def _dag(shop: ShopAirflow) -> dict[str, Any]:
@@ -68,14 +81,23 @@ def test_up_prints_the_address_and_login_and_the_pipeline_dag_starts_paused(
     assert task["pool"] == "raw2gold_connectors"
 
 
-def test_a_triggered_run_goes_through_the_scheduler_to_gold(shop_airflow: ShopAirflow) -> None:
+def test_the_scheduled_run_reaches_gold_and_a_triggered_one_takes_params(
+    shop_airflow: ShopAirflow,
+) -> None:
+    """Unpaused (the UI's toggle, here over REST), the DAG gets the run of its latest @daily
+    interval from the scheduler (catchup off: that one only), which lands gold equal to the
+    independent computation; then `raw2gold trigger` runs it by hand with params."""
     _dag(shop_airflow)
-    result = _trigger(shop_airflow)
-    out = result.stdout + result.stderr
-    assert result.returncode == 0, out[-4000:]
-    run_id = _run_id(out)
-    states = _task_states(shop_airflow, run_id)
-    assert set(states.values()) == {"success"}, states
+    shop_airflow.client.call("PATCH", f"/api/v2/dags/{DAG}", json={"is_paused": False})
+    scheduled = _wait(
+        "the scheduled run to end",
+        lambda: [r for r in _runs(shop_airflow) if r["state"] in ("success", "failed")],
+        900,
+    )
+    (run,) = _runs(shop_airflow)  # no backfill of earlier intervals
+    assert scheduled == [run] and run["run_type"] == "scheduled", run
+    states = _task_states(shop_airflow, run["dag_run_id"])
+    assert run["state"] == "success" and set(states.values()) == {"success"}, states
     assert {"ingest.faker", "ingest.catalog_csv", "gold.publish", "spark.stop", "done"} <= set(
         states
     )
@@ -87,11 +109,102 @@ def test_a_triggered_run_goes_through_the_scheduler_to_gold(shop_airflow: ShopAi
     assert refused.returncode != 0
     assert "nosuch" in refused.stdout + refused.stderr
 
-    # `sources` ingests only those: the CSV source's task is skipped, gold is built again.
-    again = _trigger(shop_airflow, 'sources=["faker"]')
+    # `sources` ingests only those: the CSV source's task is skipped; `full_refresh` reads the
+    # faker source from scratch and rebuilds the processed tables from every raw run.
+    again = _trigger(shop_airflow, 'sources=["faker"]', "full_refresh=true")
     out = again.stdout + again.stderr
     assert again.returncode == 0, out[-4000:]
     states = _task_states(shop_airflow, _run_id(out))
     assert states["ingest.catalog_csv"] == "skipped", states
     assert states["ingest.faker"] == states["gold.publish"] == states["done"] == "success"
+    newest = max((lake / "raw" / "faker" / "_runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
+    assert json.loads(newest.read_text())["streams"]["users"]["records"] == 1000  # from scratch
+    for table in ("users", "purchases"):
+        log = sorted((lake / "processed" / table / "_delta_log").glob("*.json"))[-1]
+        commit = next(
+            a["commitInfo"]
+            for a in map(json.loads, log.read_text().splitlines())
+            if "commitInfo" in a
+        )
+        assert (commit["operation"], commit["operationParameters"]["mode"]) == (
+            "WRITE",
+            "Overwrite",
+        )
     assert_shop_gold_matches_reference(lake)
+
+
+def _connector_pids(package: str) -> list[int]:
+    """PIDs of connector processes reading (`<entrypoint> read --config …`)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if any(a.endswith(package.encode()) for a in argv[:2]) and b"read" in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
+def _running_ingest(shop: ShopAirflow) -> str | None:
+    """The run whose ingest.faker task is running, if any."""
+    for run in _runs(shop, state=["running"]):
+        path = f"/api/v2/dags/{DAG}/dagRuns/{run['dag_run_id']}/taskInstances/ingest.faker"
+        if shop.client.call("GET", path)["state"] == "running":
+            return str(run["dag_run_id"])
+    return None
+
+
+def _wait(what: str, condition: Any, seconds: float = 180) -> Any:
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+    return value
+
+
+def test_a_connector_task_killed_from_airflow_stops_its_connector_and_commits_nothing(
+    shop_airflow: ShopAirflow,
+) -> None:
+    """Marking the running ingest task failed (as a user does in the UI) makes Airflow SIGTERM
+    it; its on_kill stops the connector's process group, the raw run is never committed, the
+    run's Spark server is stopped by spark.stop, and gold stays as it was."""
+    lake = shop_airflow.pipeline.parent / "lake"
+    _wait("earlier runs to end", lambda: not _runs(shop_airflow, state=["queued", "running"]))
+    config = yaml.safe_load(shop_airflow.pipeline.read_text())
+    config["sources"]["faker"]["config"]["count"] = 5_000_000  # from scratch: reads for minutes
+    shop_airflow.pipeline.write_text(yaml.safe_dump(config, sort_keys=False))
+    manifests = sorted((lake / "raw" / "faker" / "_runs").glob("*.json"))
+    gold_before = {p: p.read_bytes() for p in (lake / "gold").rglob("*") if p.is_file()}
+
+    started = _trigger(shop_airflow, 'sources=["faker"]', "full_refresh=true", wait=False)
+    assert started.returncode == 0, started.stdout + started.stderr
+    _run_id(started.stdout)
+    # the run reading (run alone, this test's trigger unpauses the DAG: the scheduled run of
+    # the latest interval may come first)
+    run_id = _wait("ingest.faker to run", lambda: _running_ingest(shop_airflow))
+    pids = _wait("source-faker to read", lambda: _connector_pids("source-faker"))
+    time.sleep(3)
+    pids = _connector_pids("source-faker")  # still reading, with its worker processes
+    assert pids
+    path = f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/ingest.faker"
+    assert shop_airflow.client.call("GET", path)["state"] == "running"
+    shop_airflow.client.call("PATCH", path, json={"new_state": "failed"})
+
+    _wait("the connector to stop", lambda: not _connector_pids("source-faker"), 60)
+    run_path = f"/api/v2/dags/{DAG}/dagRuns/{run_id}"
+    run = _wait(
+        "the run to end",
+        lambda: (r := shop_airflow.client.call("GET", run_path))["state"] != "running" and r,
+    )
+    assert run["state"] == "failed"
+    states = _task_states(shop_airflow, run_id)
+    assert states["ingest.faker"] == "failed" and states["gold.publish"] == "upstream_failed"
+    assert states["spark.stop"] == "success", states
+    log = shop_airflow.client.call("GET", f"{path}/logs/1", params={"full_content": True})
+    assert "stopped 1 connector process(es)" in str(log)  # on_kill: the group, workers too
+    for pid in pids:
+        assert not Path(f"/proc/{pid}").exists()
+    # nothing committed to raw; gold byte for byte as it was
+    assert sorted((lake / "raw" / "faker" / "_runs").glob("*.json")) == manifests
+    assert {p: p.read_bytes() for p in (lake / "gold").rglob("*") if p.is_file()} == gold_before

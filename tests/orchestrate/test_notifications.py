@@ -10,6 +10,7 @@ from __future__ import annotations
 import email
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -152,6 +153,7 @@ def test_failure_notifies_slack_webhook_and_email(
     assert "manual__" in text  # the run id
     assert "Error: the source table orders is empty" in text
     assert "second line" not in text  # one-line error
+    assert re.search(r"\nLog: http://\S+/dags/r2g_always_fails/runs/\S+/tasks/load_orders", text)
     assert hook[0]["event"] == "task_failed" and hook[0]["task_id"] == "load_orders"
     (mail,) = smtp_server.received()
     message = email.message_from_bytes(mail)
