@@ -113,6 +113,7 @@ sources:
     config:
       api_key: ${API_KEY}
       token_url: https://example.com/oauth/token
+      api_key_header: X-Api-Key
       private_key_path: ${PIPELINE_DIR}/key.pem
       credentials:
         client_secret: "s3cr3t-value"
@@ -125,10 +126,10 @@ sources:
     )
     problems = problems_of(path)
     assert problems == [
-        f"{path}:10: sources.api.config.credentials.client_secret: a credential is written "
+        f"{path}:11: sources.api.config.credentials.client_secret: a credential is written "
         "inline (it would sit in the file, the DAG and the logs) (hint: use an environment "
         "reference such as ${CLIENT_SECRET}, masked in logs)",
-        f"{path}:13: sources.api.config.headers.0.token: a credential is written inline (it "
+        f"{path}:14: sources.api.config.headers.0.token: a credential is written inline (it "
         "would sit in the file, the DAG and the logs) (hint: use an environment reference such "
         "as ${TOKEN}, masked in logs)",
     ]

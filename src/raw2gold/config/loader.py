@@ -290,10 +290,11 @@ def _semantic_problems(
                         )
     for name, source in config.sources.items():
         for path in inline_credentials(source.config):
+            key = next(p for p in reversed(path) if not p.isdigit())
             add(
                 ("sources", name, "config", *path),
                 "a credential is written inline (it would sit in the file, the DAG and the logs)",
-                f"use an environment reference such as ${{{path[-1].upper()}}}, masked in logs",
+                f"use an environment reference such as ${{{key.upper()}}}, masked in logs",
             )
         if source.connector and source.connector.manifest:
             if not (config.base_dir / source.connector.manifest).is_file():

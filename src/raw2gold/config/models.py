@@ -17,7 +17,21 @@ Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 # A connector config key naming a credential holds an ${ENV} reference, never the value itself.
 SECRET_KEY_PARTS = ("password", "secret", "token", "api_key", "apikey", "access_key", "private")
-NOT_SECRET_SUFFIXES = ("_url", "_uri", "_path", "_file", "_endpoint", "_type", "_method", "_name")
+# ... unless the key names where or how a credential is used (token_url, api_key_header, ...).
+NOT_SECRET_SUFFIXES = (
+    "_url",
+    "_uri",
+    "_path",
+    "_file",
+    "_endpoint",
+    "_type",
+    "_method",
+    "_name",
+    "_header",
+    "_field",
+    "_param",
+    "_location",
+)
 
 
 class Strict(BaseModel):
