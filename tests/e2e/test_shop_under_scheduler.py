@@ -53,15 +53,21 @@ def _runs(shop: ShopAirflow, **params: Any) -> list[dict[str, Any]]:
     return list(reply["dag_runs"])
 
 
+def _wait(what: str, condition: Any, seconds: float = 180) -> Any:
+    deadline = time.monotonic() + seconds
+    while not (value := condition()):
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(1)
+    return value
+
+
 def _dag(shop: ShopAirflow) -> dict[str, Any]:
     """The DAG as the api-server knows it, once the dag-processor has parsed the pipeline."""
-    deadline = time.monotonic() + 180
-    while True:
-        reply = shop.client.request("GET", f"/api/v2/dags/{DAG}")
-        if reply.status_code == 200:
-            return dict(reply.json())
-        assert time.monotonic() < deadline, f"{DAG} never appeared: {reply.text[:300]}"
-        time.sleep(2)
+    reply = _wait(
+        f"{DAG} to be parsed",
+        lambda: (r := shop.client.request("GET", f"/api/v2/dags/{DAG}")).status_code == 200 and r,
+    )
+    return dict(reply.json())
 
 
 def test_up_prints_the_address_and_login_and_the_pipeline_dag_starts_paused(
@@ -155,14 +161,6 @@ def _running_ingest(shop: ShopAirflow) -> str | None:
     return None
 
 
-def _wait(what: str, condition: Any, seconds: float = 180) -> Any:
-    deadline = time.monotonic() + seconds
-    while not (value := condition()):
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(1)
-    return value
-
-
 def test_a_connector_task_killed_from_airflow_stops_its_connector_and_commits_nothing(
     shop_airflow: ShopAirflow,
 ) -> None:
@@ -179,11 +177,11 @@ def test_a_connector_task_killed_from_airflow_stops_its_connector_and_commits_no
 
     started = _trigger(shop_airflow, 'sources=["faker"]', "full_refresh=true", wait=False)
     assert started.returncode == 0, started.stdout + started.stderr
-    _run_id(started.stdout)
+    _run_id(started.stdout)  # triggered
     # the run reading (run alone, this test's trigger unpauses the DAG: the scheduled run of
     # the latest interval may come first)
     run_id = _wait("ingest.faker to run", lambda: _running_ingest(shop_airflow))
-    pids = _wait("source-faker to read", lambda: _connector_pids("source-faker"))
+    _wait("source-faker to read", lambda: _connector_pids("source-faker"))
     time.sleep(3)
     pids = _connector_pids("source-faker")  # still reading, with its worker processes
     assert pids
