@@ -18,10 +18,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from tests.e2e.reference import RAW2GOLD, assert_shop_gold_matches_reference
 from tests.fixtures.airflow import ShopAirflow
+from tests.fixtures.paths import edit_pipeline
 
 DAG = "raw2gold_shop"
 
@@ -169,9 +168,10 @@ def test_a_connector_task_killed_from_airflow_stops_its_connector_and_commits_no
     run's Spark server is stopped by spark.stop, and gold stays as it was."""
     lake = shop_airflow.pipeline.parent / "lake"
     _wait("earlier runs to end", lambda: not _runs(shop_airflow, state=["queued", "running"]))
-    config = yaml.safe_load(shop_airflow.pipeline.read_text())
-    config["sources"]["faker"]["config"]["count"] = 5_000_000  # from scratch: reads for minutes
-    shop_airflow.pipeline.write_text(yaml.safe_dump(config, sort_keys=False))
+    # from scratch, 5 M users: reads for minutes
+    edit_pipeline(
+        shop_airflow.pipeline, lambda c: c["sources"]["faker"]["config"].update(count=5_000_000)
+    )
     manifests = sorted((lake / "raw" / "faker" / "_runs").glob("*.json"))
     gold_before = {p: p.read_bytes() for p in (lake / "gold").rglob("*") if p.is_file()}
 
