@@ -456,6 +456,13 @@ def wait_healthy(state: AirflowState, timeout: float = 120.0) -> dict[str, Any]:
     raise AirflowError(f"Airflow not healthy after {timeout:.0f}s: {report}")
 
 
+def _pgid(pid: int) -> int | None:
+    try:
+        return os.getpgid(pid)
+    except OSError:
+        return None
+
+
 def _group_members(pgids: set[int], instance: str | None = None) -> list[psutil.Process]:
     """Processes in one of ``pgids`` (or tagged with ``instance`` in their environment)."""
     found: list[psutil.Process] = []
@@ -488,13 +495,23 @@ def leftover_processes(state: AirflowState) -> list[psutil.Process]:
 
 
 def stop(state: AirflowState, timeout: float = 30.0) -> list[str]:
-    """SIGTERM each process group, wait up to ``timeout``, then SIGKILL what is left."""
+    """SIGTERM each process group, wait up to ``timeout``, then SIGKILL what is left.
+
+    Processes that left the groups but carry this Airflow's instance tag (a connector in its
+    own process group, started by a task) get the SIGTERM too, and the SIGKILL if they ignore it.
+    """
     messages: list[str] = []
     pgids = {c.pid for c in state.components if c.process() is not None}
+    escaped = [p for p in leftover_processes(state) if _pgid(p.pid) not in pgids]
     for pgid in pgids:
         try:
             os.killpg(pgid, signal.SIGTERM)
         except ProcessLookupError:
+            pass
+    for proc in escaped:
+        try:
+            proc.terminate()
+        except psutil.Error:
             pass
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and leftover_processes(state):
@@ -528,7 +545,8 @@ def down(
     if not path.exists():
         return None
     state = AirflowState.load(path)
-    stop(state, timeout=timeout)
+    for message in stop(state, timeout=timeout):
+        say(message)
     stop_shared_spark_servers(state.pipelines, say)
     path.unlink(missing_ok=True)
     return state
