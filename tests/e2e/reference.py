@@ -133,3 +133,27 @@ def assert_shop_gold_matches_reference(lake: Path) -> None:
     assert [(r["product_id"], r["purchases"], r["revenue"]) for r in top] == [
         (r["product_id"], r["purchases"], r["revenue"]) for r in expected["top_products"]
     ]
+
+
+MAINTENANCE = ("OPTIMIZE", "VACUUM")  # operations of raw2gold's `maintain` in the Delta log
+
+
+def assert_faker_rebuilt_from_scratch(lake: Path) -> None:
+    """After a full refresh: the newest faker raw run read every user again (the shop's 1000),
+    and the processed tables fed by it were rewritten by an overwrite, not a MERGE (table
+    maintenance may have committed after it)."""
+    runs = (lake / "raw" / "faker" / "_runs").glob("*.json")
+    newest = max(runs, key=lambda p: p.stat().st_mtime)
+    assert json.loads(newest.read_text())["streams"]["users"]["records"] == 1000
+    for table in ("users", "purchases"):
+        commits = [
+            a["commitInfo"]
+            for log in sorted((lake / "processed" / table / "_delta_log").glob("*.json"))
+            for a in map(json.loads, log.read_text().splitlines())
+            if "commitInfo" in a and not a["commitInfo"]["operation"].startswith(MAINTENANCE)
+        ]
+        last = commits[-1]
+        assert (last["operation"], last["operationParameters"].get("mode")) == (
+            "WRITE",
+            "Overwrite",
+        ), (table, last)

@@ -2,10 +2,11 @@
 
 Real components as in test_shop_pipeline.py (source-faker, source-file, Spark with Delta, Airflow's
 `dags test`). The second run's Spark tasks run on the server the first run started, which
-stays up after each run; gold equals the independent DuckDB computation. Both runs also
-maintain the Delta tables (OPTIMIZE, VACUUM) in a `maintain` task on that server. The test
-stops the server through `raw2gold spark-server stop`; the fixture kills it by PID if it is
-still up.
+stays up after each run; that run is `raw2gold run --full-refresh` (connectors read from
+scratch, processed tables rebuilt by overwrite); gold equals the independent DuckDB
+computation. Both runs also maintain the Delta tables (OPTIMIZE, VACUUM) in a `maintain` task
+on that server. The test stops the server through `raw2gold spark-server stop`; the fixture
+kills it by PID if it is still up.
 """
 
 from __future__ import annotations
@@ -17,7 +18,11 @@ from pathlib import Path
 
 import yaml
 
-from tests.e2e.reference import RAW2GOLD, assert_shop_gold_matches_reference
+from tests.e2e.reference import (
+    RAW2GOLD,
+    assert_faker_rebuilt_from_scratch,
+    assert_shop_gold_matches_reference,
+)
 from tests.fixtures.spark import process_alive
 
 
@@ -33,13 +38,14 @@ def test_runs_share_one_spark_connect_server(shared_server_shop: Path, tmp_path:
     config = yaml.safe_load(shared_server_shop.read_text())
     config["maintenance"] = {"optimize_min_files": 2, "vacuum_every_hours": 0}
     shared_server_shop.write_text(yaml.safe_dump(config, sort_keys=False))
-    for _ in range(2):
-        result = raw2gold("run", str(shared_server_shop))
+    lake = shared_server_shop.parent / "lake"
+    for flags in ([], ["--full-refresh"]):  # the second rebuilds everything, on the same server
+        result = raw2gold("run", str(shared_server_shop), *flags)
         assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
         assert "✔ spark.stop success" in result.stdout
         assert "✔ maintain success" in result.stdout
+    assert_faker_rebuilt_from_scratch(lake)
 
-    lake = shared_server_shop.parent / "lake"
     runs = [json.loads(p.read_text()) for p in lake.glob("_state/runs/*/spark_server.json")]
     assert len(runs) == 2 and all(r["shared"] and r["stopped_at"] for r in runs)
     assert len({r["pid"] for r in runs}) == 1  # the second run used the first run's server

@@ -1,8 +1,8 @@
 """The shop example under a real Airflow: `raw2gold airflow up --pipelines …` (api-server,
 scheduler, dag-processor, triggerer on 127.0.0.1, the package's DAG folder) and runs started
 by its schedule and with `raw2gold trigger <pipeline.yaml>`, through the scheduler and
-LocalExecutor, to gold; and a run whose connector task is killed from Airflow while the
-connector is reading.
+LocalExecutor, to gold; a run whose connector task is killed from Airflow while the connector
+is reading; and one whose gold model task is killed while its query runs on the Spark server.
 
 Real components only: Airbyte's source-faker and source-file, Spark in local mode with Delta
 Lake (the run's Spark Connect server), Airflow 3. Gold is checked against the independent DuckDB
@@ -18,7 +18,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tests.e2e.reference import RAW2GOLD, assert_shop_gold_matches_reference
+from tests.e2e.reference import (
+    RAW2GOLD,
+    assert_faker_rebuilt_from_scratch,
+    assert_shop_gold_matches_reference,
+)
 from tests.fixtures.airflow import ShopAirflow
 from tests.fixtures.paths import edit_pipeline
 
@@ -122,19 +126,7 @@ def test_the_scheduled_run_reaches_gold_and_a_triggered_one_takes_params(
     states = _task_states(shop_airflow, _run_id(out))
     assert states["ingest.catalog_csv"] == "skipped", states
     assert states["ingest.faker"] == states["gold.publish"] == states["done"] == "success"
-    newest = max((lake / "raw" / "faker" / "_runs").glob("*.json"), key=lambda p: p.stat().st_mtime)
-    assert json.loads(newest.read_text())["streams"]["users"]["records"] == 1000  # from scratch
-    for table in ("users", "purchases"):
-        log = sorted((lake / "processed" / table / "_delta_log").glob("*.json"))[-1]
-        commit = next(
-            a["commitInfo"]
-            for a in map(json.loads, log.read_text().splitlines())
-            if "commitInfo" in a
-        )
-        assert (commit["operation"], commit["operationParameters"]["mode"]) == (
-            "WRITE",
-            "Overwrite",
-        )
+    assert_faker_rebuilt_from_scratch(lake)
     assert_shop_gold_matches_reference(lake)
 
 
@@ -151,10 +143,10 @@ def _connector_pids(package: str) -> list[int]:
     return pids
 
 
-def _running_ingest(shop: ShopAirflow) -> str | None:
-    """The run whose ingest.faker task is running, if any."""
+def _running(shop: ShopAirflow, task: str) -> str | None:
+    """The run whose ``task`` is running, if any."""
     for run in _runs(shop, state=["running"]):
-        path = f"/api/v2/dags/{DAG}/dagRuns/{run['dag_run_id']}/taskInstances/ingest.faker"
+        path = f"/api/v2/dags/{DAG}/dagRuns/{run['dag_run_id']}/taskInstances/{task}"
         if shop.client.call("GET", path)["state"] == "running":
             return str(run["dag_run_id"])
     return None
@@ -180,7 +172,7 @@ def test_a_connector_task_killed_from_airflow_stops_its_connector_and_commits_no
     _run_id(started.stdout)  # triggered
     # the run reading (run alone, this test's trigger unpauses the DAG: the scheduled run of
     # the latest interval may come first)
-    run_id = _wait("ingest.faker to run", lambda: _running_ingest(shop_airflow))
+    run_id = _wait("ingest.faker to run", lambda: _running(shop_airflow, "ingest.faker"))
     _wait("source-faker to read", lambda: _connector_pids("source-faker"))
     time.sleep(3)
     pids = _connector_pids("source-faker")  # still reading, with its worker processes
@@ -205,4 +197,87 @@ def test_a_connector_task_killed_from_airflow_stops_its_connector_and_commits_no
         assert not Path(f"/proc/{pid}").exists()
     # nothing committed to raw; gold byte for byte as it was
     assert sorted((lake / "raw" / "faker" / "_runs").glob("*.json")) == manifests
+    assert {p: p.read_bytes() for p in (lake / "gold").rglob("*") if p.is_file()} == gold_before
+
+
+SLOW_MODEL = """
+from pyspark.sql import functions as F
+
+
+def build(spark, ref):
+    \"\"\"Hours of work on the server: a sum over 10^13 generated rows (of 0s and 1s, so
+    that it cannot overflow).\"\"\"
+    print("slow model: the query goes to the server", flush=True)
+    return spark.range(0, 10**13, numPartitions=4).agg(F.sum(F.col("id") % 2).alias("n"))
+"""
+
+
+def _job_pids(stage: str) -> list[int]:
+    """PIDs of local Spark stage jobs (`python -m raw2gold.transform.job … --stage <stage>`)."""
+    pids = []
+    for proc in Path("/proc").iterdir():
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if b"raw2gold.transform.job" in argv and stage.encode() in argv:
+            pids.append(int(proc.name))
+    return pids
+
+
+def test_a_spark_task_killed_from_airflow_interrupts_its_query_and_gold_stays(
+    shop_airflow: ShopAirflow,
+) -> None:
+    """A gold model's build task marked failed while its query runs on the run's Spark Connect
+    server: on_kill stops the job's process and interrupts its session's operations on the
+    server, the run fails before publish, spark.stop stops the server, and gold stays as it
+    was byte for byte. (Runs last: it makes the copy's top_products model a slow one.)"""
+    lake = shop_airflow.pipeline.parent / "lake"
+    _wait("earlier runs to end", lambda: not _runs(shop_airflow, state=["queued", "running"]))
+    (shop_airflow.pipeline.parent / "models" / "top_products.py").write_text(SLOW_MODEL)
+    gold_before = {p: p.read_bytes() for p in (lake / "gold").rglob("*") if p.is_file()}
+    servers_before = set(lake.glob("_state/runs/*/spark_server.json"))
+
+    task = "gold.build.top_products"
+    started = _trigger(shop_airflow, 'sources=["catalog_csv"]', "full_refresh=true", wait=False)
+    assert started.returncode == 0, started.stdout + started.stderr
+    run_id = _wait(f"{task} to run", lambda: _running(shop_airflow, task), 300)
+    logs = Path(shop_airflow.state.airflow_home) / "logs"
+    _wait(
+        "the model's query to start",
+        lambda: any(
+            "slow model: the query goes to the server" in f.read_text()
+            for f in logs.glob(f"**/task_id={task}/*.log")
+            if run_id in str(f)
+        ),
+        120,
+    )
+    time.sleep(3)  # the write is on the server, summing
+    jobs = _job_pids("gold")
+    assert jobs
+    path = f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/{task}"
+    shop_airflow.client.call("PATCH", path, json={"new_state": "failed"})
+
+    run_path = f"/api/v2/dags/{DAG}/dagRuns/{run_id}"
+    run = _wait(
+        "the run to end",
+        lambda: (r := shop_airflow.client.call("GET", run_path))["state"] != "running" and r,
+    )
+    assert run["state"] == "failed"
+    states = _task_states(shop_airflow, run_id)
+    assert states[task] == "failed", states
+    assert states["gold.publish"] == "upstream_failed", states
+    assert states["spark.stop"] == "success", states
+    log = str(shop_airflow.client.call("GET", f"{path}/logs/1", params={"full_content": True}))
+    assert re.search(r"interrupted [1-9]\d* Spark operation\(s\) on the server", log), log[-3000:]
+    for pid in jobs:
+        assert not Path(f"/proc/{pid}").exists()
+    (server,) = set(lake.glob("_state/runs/*/spark_server.json")) - servers_before
+    record = json.loads(server.read_text())
+    assert record["stopped_at"] and not Path(f"/proc/{record['pid']}").exists()
+    # the server cancelled the operation's job and killed its tasks (not its shutdown later)
+    server_log = Path(record["log"]).read_text()
+    assert "[OPERATION_CANCELED]" in server_log
+    cancelled = r"Executor killed task .*SPARK_JOB_CANCELLED.* same tag SparkConnect_OperationTag"
+    assert re.search(cancelled, server_log)
     assert {p: p.read_bytes() for p in (lake / "gold").rglob("*") if p.is_file()} == gold_before
