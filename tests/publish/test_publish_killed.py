@@ -40,6 +40,15 @@ def _gold_contents(config: Any) -> dict[str, list[str]]:
     return {t: sorted(map(repr, gold_arrow_table(config, t).to_pylist())) for t in config.gold}
 
 
+def _scratch_in(folder: Path) -> dict[str, str]:
+    """The job's environment with its JVM's scratch space in ``folder``: a SIGKILLed JVM
+    cannot delete its block manager and temporary folders, so they go with the test's
+    tmp_path instead of piling up in /tmp."""
+    folder.mkdir()
+    java_options = f"{os.environ.get('JDK_JAVA_OPTIONS', '')} -Djava.io.tmpdir={folder}"
+    return {**os.environ, "SPARK_LOCAL_DIRS": str(folder), "JDK_JAVA_OPTIONS": java_options}
+
+
 def test_publish_killed_mid_write_leaves_gold_unchanged_and_a_rerun_completes(
     tmp_path: Path, spark: Any, shop_pipeline: Path
 ) -> None:
@@ -78,6 +87,7 @@ def test_publish_killed_mid_write_leaves_gold_unchanged_and_a_rerun_completes(
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,
+            env=_scratch_in(tmp_path / "jvm-scratch"),
         )
         known = _files(gold)
         deadline = time.monotonic() + 300
