@@ -15,6 +15,7 @@ import json
 import re
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -130,17 +131,43 @@ def test_the_scheduled_run_reaches_gold_and_a_triggered_one_takes_params(
     assert_shop_gold_matches_reference(lake)
 
 
-def _connector_pids(package: str) -> list[int]:
-    """PIDs of connector processes reading (`<entrypoint> read --config …`)."""
+def _pids(matches: Callable[[list[bytes]], bool]) -> list[int]:
+    """PIDs of the processes whose command line ``matches``."""
     pids = []
     for proc in Path("/proc").iterdir():
         try:
             argv = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if any(a.endswith(package.encode()) for a in argv[:2]) and b"read" in argv:
+        if matches(argv):
             pids.append(int(proc.name))
     return pids
+
+
+def _connector_pids(package: str) -> list[int]:
+    """PIDs of connector processes reading (`<entrypoint> read --config …`)."""
+    return _pids(
+        lambda argv: any(a.endswith(package.encode()) for a in argv[:2]) and b"read" in argv
+    )
+
+
+def _fail_task(shop: ShopAirflow, run_id: str, task: str) -> str:
+    """Mark the running ``task`` failed, as a user does in the UI; the run must then fail
+    before publish, with spark.stop still run. Returns the task's log."""
+    path = f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/{task}"
+    assert shop.client.call("GET", path)["state"] == "running"
+    shop.client.call("PATCH", path, json={"new_state": "failed"})
+    run_path = f"/api/v2/dags/{DAG}/dagRuns/{run_id}"
+    run = _wait(
+        "the run to end",
+        lambda: (r := shop.client.call("GET", run_path))["state"] != "running" and r,
+    )
+    assert run["state"] == "failed"
+    states = _task_states(shop, run_id)
+    assert states[task] == "failed", states
+    assert states["gold.publish"] == "upstream_failed", states
+    assert states["spark.stop"] == "success", states
+    return str(shop.client.call("GET", f"{path}/logs/1", params={"full_content": True}))
 
 
 def _running(shop: ShopAirflow, task: str) -> str | None:
@@ -177,22 +204,9 @@ def test_a_connector_task_killed_from_airflow_stops_its_connector_and_commits_no
     time.sleep(3)
     pids = _connector_pids("source-faker")  # still reading, with its worker processes
     assert pids
-    path = f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/ingest.faker"
-    assert shop_airflow.client.call("GET", path)["state"] == "running"
-    shop_airflow.client.call("PATCH", path, json={"new_state": "failed"})
+    log = _fail_task(shop_airflow, run_id, "ingest.faker")
 
-    _wait("the connector to stop", lambda: not _connector_pids("source-faker"), 60)
-    run_path = f"/api/v2/dags/{DAG}/dagRuns/{run_id}"
-    run = _wait(
-        "the run to end",
-        lambda: (r := shop_airflow.client.call("GET", run_path))["state"] != "running" and r,
-    )
-    assert run["state"] == "failed"
-    states = _task_states(shop_airflow, run_id)
-    assert states["ingest.faker"] == "failed" and states["gold.publish"] == "upstream_failed"
-    assert states["spark.stop"] == "success", states
-    log = shop_airflow.client.call("GET", f"{path}/logs/1", params={"full_content": True})
-    assert "stopped 1 connector process(es)" in str(log)  # on_kill: the group, workers too
+    assert "stopped 1 connector process(es)" in log  # on_kill: the group, workers too
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists()
     # nothing committed to raw; gold byte for byte as it was
@@ -210,19 +224,6 @@ def build(spark, ref):
     print("slow model: the query goes to the server", flush=True)
     return spark.range(0, 10**13, numPartitions=4).agg(F.sum(F.col("id") % 2).alias("n"))
 """
-
-
-def _job_pids(stage: str) -> list[int]:
-    """PIDs of local Spark stage jobs (`python -m raw2gold.transform.job … --stage <stage>`)."""
-    pids = []
-    for proc in Path("/proc").iterdir():
-        try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if b"raw2gold.transform.job" in argv and stage.encode() in argv:
-            pids.append(int(proc.name))
-    return pids
 
 
 def test_a_spark_task_killed_from_airflow_interrupts_its_query_and_gold_stays(
@@ -253,22 +254,11 @@ def test_a_spark_task_killed_from_airflow_interrupts_its_query_and_gold_stays(
         120,
     )
     time.sleep(3)  # the write is on the server, summing
-    jobs = _job_pids("gold")
+    # the local job (`python -m raw2gold.transform.job … --stage gold …`)
+    jobs = _pids(lambda argv: b"raw2gold.transform.job" in argv and b"gold" in argv)
     assert jobs
-    path = f"/api/v2/dags/{DAG}/dagRuns/{run_id}/taskInstances/{task}"
-    shop_airflow.client.call("PATCH", path, json={"new_state": "failed"})
+    log = _fail_task(shop_airflow, run_id, task)
 
-    run_path = f"/api/v2/dags/{DAG}/dagRuns/{run_id}"
-    run = _wait(
-        "the run to end",
-        lambda: (r := shop_airflow.client.call("GET", run_path))["state"] != "running" and r,
-    )
-    assert run["state"] == "failed"
-    states = _task_states(shop_airflow, run_id)
-    assert states[task] == "failed", states
-    assert states["gold.publish"] == "upstream_failed", states
-    assert states["spark.stop"] == "success", states
-    log = str(shop_airflow.client.call("GET", f"{path}/logs/1", params={"full_content": True}))
     assert re.search(r"interrupted [1-9]\d* Spark operation\(s\) on the server", log), log[-3000:]
     for pid in jobs:
         assert not Path(f"/proc/{pid}").exists()
