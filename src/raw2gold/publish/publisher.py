@@ -22,6 +22,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -545,6 +547,22 @@ def delta_storage_options(lake: Lake) -> dict[str, str]:
     return options
 
 
+@contextmanager
+def delta_log_read(lake: Lake, table: str) -> Iterator[None]:
+    """Turn delta-rs's errors reading a gold table's log into one line naming its folder."""
+    from deltalake.exceptions import DeltaError
+
+    try:
+        yield
+    except DeltaError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise PublishError(
+            f"gold table {table}: its Delta log {lake.uri(lake.gold_table(table))}/_delta_log "
+            f"cannot be read ({first}); check the lake's credentials, and that no file there "
+            "was damaged or removed (restore it from a backup or the store's object versions)"
+        ) from None
+
+
 def gold_arrow_table(config: PipelineConfig, table: str) -> pa.Table:
     """A published gold table read without Spark (delta-rs for Delta, pyarrow for Parquet)."""
     import pyarrow.dataset as ds
@@ -555,10 +573,11 @@ def gold_arrow_table(config: PipelineConfig, table: str) -> pa.Table:
 
         if not is_delta(lake, lake.gold_table(table)):
             raise PublishError(f"gold table {table} has not been published yet")
-        delta = DeltaTable(
-            lake.uri(lake.gold_table(table)), storage_options=delta_storage_options(lake)
-        )
-        return delta.to_pyarrow_table()
+        with delta_log_read(lake, table):
+            delta = DeltaTable(
+                lake.uri(lake.gold_table(table)), storage_options=delta_storage_options(lake)
+            )
+            return delta.to_pyarrow_table()
     pointer = current_pointer(lake, table)
     if pointer is None:
         raise PublishError(f"gold table {table} has not been published yet")
@@ -615,11 +634,13 @@ def publish_history(config: PipelineConfig, table: str) -> list[dict[str, Any]]:
         return []
     from deltalake import DeltaTable
 
-    delta = DeltaTable(
-        lake.uri(lake.gold_table(table)), storage_options=delta_storage_options(lake)
-    )
+    with delta_log_read(lake, table):
+        delta = DeltaTable(
+            lake.uri(lake.gold_table(table)), storage_options=delta_storage_options(lake)
+        )
+        commits = delta.history()
     entries = []
-    for commit in delta.history():
+    for commit in commits:
         try:
             meta = json.loads(commit.get("userMetadata") or "")
         except ValueError:
