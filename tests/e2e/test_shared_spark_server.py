@@ -16,13 +16,12 @@ import os
 import subprocess
 from pathlib import Path
 
-import yaml
-
 from tests.e2e.reference import (
     RAW2GOLD,
     assert_faker_rebuilt_from_scratch,
     assert_shop_gold_matches_reference,
 )
+from tests.fixtures.paths import edit_pipeline
 from tests.fixtures.spark import process_alive
 
 
@@ -35,9 +34,10 @@ def test_runs_share_one_spark_connect_server(shared_server_shop: Path, tmp_path:
         )
 
     # with table maintenance: a `maintain` task after publish, on the same server
-    config = yaml.safe_load(shared_server_shop.read_text())
-    config["maintenance"] = {"optimize_min_files": 2, "vacuum_every_hours": 0}
-    shared_server_shop.write_text(yaml.safe_dump(config, sort_keys=False))
+    edit_pipeline(
+        shared_server_shop,
+        lambda c: c.update(maintenance={"optimize_min_files": 2, "vacuum_every_hours": 0}),
+    )
     lake = shared_server_shop.parent / "lake"
     for flags in ([], ["--full-refresh"]):  # the second rebuilds everything, on the same server
         result = raw2gold("run", str(shared_server_shop), *flags)

@@ -56,6 +56,7 @@ from raw2gold.transform.parallel import in_parallel
 
 if TYPE_CHECKING:
     import pyarrow as pa
+    from deltalake import DeltaTable
     from pyspark.sql import DataFrame, SparkSession
 
 log = logging.getLogger(__name__)
@@ -548,12 +549,16 @@ def delta_storage_options(lake: Lake) -> dict[str, str]:
 
 
 @contextmanager
-def delta_log_read(lake: Lake, table: str) -> Iterator[None]:
-    """Turn delta-rs's errors reading a gold table's log into one line naming its folder."""
+def gold_delta_table(lake: Lake, table: str) -> Iterator[DeltaTable]:
+    """A published Delta gold table opened with delta-rs; its errors while open (a damaged or
+    unreadable log) become one line naming the log's folder."""
+    from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError
 
     try:
-        yield
+        yield DeltaTable(
+            lake.uri(lake.gold_table(table)), storage_options=delta_storage_options(lake)
+        )
     except DeltaError as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise PublishError(
@@ -569,14 +574,9 @@ def gold_arrow_table(config: PipelineConfig, table: str) -> pa.Table:
 
     lake = Lake(config.lake)
     if config.gold[table].format == "delta":
-        from deltalake import DeltaTable
-
         if not is_delta(lake, lake.gold_table(table)):
             raise PublishError(f"gold table {table} has not been published yet")
-        with delta_log_read(lake, table):
-            delta = DeltaTable(
-                lake.uri(lake.gold_table(table)), storage_options=delta_storage_options(lake)
-            )
+        with gold_delta_table(lake, table) as delta:
             return delta.to_pyarrow_table()
     pointer = current_pointer(lake, table)
     if pointer is None:
@@ -632,12 +632,7 @@ def publish_history(config: PipelineConfig, table: str) -> list[dict[str, Any]]:
         return [{"inputs": {}, "build": None, **e} for e in entries]
     if not is_delta(lake, lake.gold_table(table)):
         return []
-    from deltalake import DeltaTable
-
-    with delta_log_read(lake, table):
-        delta = DeltaTable(
-            lake.uri(lake.gold_table(table)), storage_options=delta_storage_options(lake)
-        )
+    with gold_delta_table(lake, table) as delta:
         commits = delta.history()
     entries = []
     for commit in commits:
