@@ -7,8 +7,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import sys
 import traceback
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -19,8 +22,27 @@ from rich.table import Table
 from raw2gold.config import ConfigError, PipelineConfig, load_pipeline
 from raw2gold.process_exit import exit_now
 
-console = Console(highlight=False, soft_wrap=True)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+
+def _width(stream: Any) -> int | None:
+    """A terminal's own width (or COLUMNS); for a pipe, a file or a log, wide enough that a
+    table's rows are not cut to Rich's 80 columns (table names and run ids ending in '…')."""
+    isatty = getattr(stream, "isatty", None)
+    if "COLUMNS" in os.environ or (isatty is not None and isatty()):
+        return None
+    return 500
+
+
+console = Console(highlight=False, soft_wrap=True, width=_width(sys.stdout))
+err = Console(stderr=True, highlight=False, soft_wrap=True, width=_width(sys.stderr))
+
+
+def _table(title: str, columns: Iterable[str], right: Iterable[str] = ()) -> Table:
+    """A table whose cells fold onto more lines in a narrow terminal instead of being cut."""
+    table = Table(title=title, show_edge=False)
+    aligned = set(right)
+    for column in columns:
+        table.add_column(column, justify="right" if column in aligned else "left", overflow="fold")
+    return table
 
 
 class CliError(Exception):
@@ -79,9 +101,7 @@ def _print_run_summary(
     from raw2gold.orchestrate.summary import processed_note, run_summary
 
     summary = run_summary(str(config.path), run_id, lake_uri=config.lake.uri)
-    table = Table(title=f"run {run_id}: rows per layer", show_edge=False)
-    for column in ("layer", "table", "rows", "note"):
-        table.add_column(column, justify="right" if column == "rows" else "left")
+    table = _table(f"run {run_id}: rows per layer", ("layer", "table", "rows", "note"), ["rows"])
     for source, streams in summary["raw"].items():
         for stream, stats in streams.items():
             note = f"{stats['quarantined']} quarantined" if stats.get("quarantined") else ""
@@ -105,9 +125,7 @@ def _print_run_summary(
         )
         table.add_row("gold", name, str(stats.get("rows", "")), note)
     console.print(table)
-    stage_times = Table(title="time per task", show_edge=False)
-    stage_times.add_column("task")
-    stage_times.add_column("seconds", justify="right")
+    stage_times = _table("time per task", ("task", "seconds"), ["seconds"])
     for task_id, event in tasks.items():
         stage_times.add_row(task_id, f"{event.seconds:.1f}")
     stage_times.add_row("[bold]total[/bold]", f"{seconds:.1f}")
@@ -121,9 +139,7 @@ def _print_gold(config: PipelineConfig, name: str, limit: int) -> None:
     from raw2gold.publish import gold_arrow_table
 
     data = gold_arrow_table(config, name)
-    table = Table(title=f"gold.{name}: {data.num_rows} rows", show_edge=False)
-    for column in data.column_names:
-        table.add_column(column)
+    table = _table(f"gold.{name}: {data.num_rows} rows", data.column_names)
     for row in data.slice(0, limit).to_pylist():
         table.add_row(*[("" if v is None else str(v)) for v in row.values()])
     console.print(table)
@@ -151,10 +167,8 @@ def cmd_maintain(args: argparse.Namespace) -> int:
         summary = run_stage(config, "maintain", run_id)
     except StageError as exc:
         raise CliError(f"maintenance failed: {exc}") from exc
-    table = Table(title=f"maintenance {run_id}", show_edge=False)
     columns = ("table", "live files", "small", "optimized", "vacuumed", "files after", "note")
-    for column in columns:
-        table.add_column(column, justify="left" if column in ("table", "note") else "right")
+    table = _table(f"maintenance {run_id}", columns, columns[1:-1])
     for name, result in summary["maintained"].items():
         forgotten = result.get("keys_forgotten", 0)
         table.add_row(
@@ -184,9 +198,8 @@ def cmd_history(args: argparse.Namespace) -> int:
     if args.json:
         console.print_json(json.dumps(entries, default=str))
         return 0
-    table = Table(title=f"history of gold.{args.table}", show_edge=False)
-    for column in ("version", "run_id", "published_at", "rows", "checks", "build", "inputs"):
-        table.add_column(column)
+    columns = ("version", "run_id", "published_at", "rows", "checks", "build", "inputs")
+    table = _table(f"history of gold.{args.table}", columns)
     for entry in entries:
         checks = entry.get("checks") or []
         passed = sum(1 for c in checks if c.get("passed"))
@@ -243,9 +256,7 @@ def cmd_sources(args: argparse.Namespace) -> int:
         )
         return 0 if ok else 1
     streams = discover_source(config, args.source)
-    table = Table(title=f"streams of {args.source}", show_edge=False)
-    for column in ("stream", "sync modes", "cursor", "primary key"):
-        table.add_column(column)
+    table = _table(f"streams of {args.source}", ("stream", "sync modes", "cursor", "primary key"))
     for stream in streams:
         table.add_row(
             str(stream.get("name")),

@@ -26,7 +26,9 @@ from tests.e2e.reference import (
 @pytest.fixture(scope="module")
 def shop_run(tmp_path_factory, shop_pipeline: Path) -> dict:
     work = tmp_path_factory.mktemp("shop")
+    # no COLUMNS: the CLI's tables are captured as a log would be, and must come out whole
     env = {**os.environ, "RAW2GOLD_HOME": str(work / ".raw2gold")}
+    env.pop("COLUMNS", None)
     result = subprocess.run(
         [*RAW2GOLD, "run", str(shop_pipeline), "--lake", str(work / "lake")],
         cwd=work,
@@ -71,6 +73,9 @@ def test_run_succeeds_and_prints_a_summary(shop_run: dict) -> None:
         os.kill(server["pid"], 0)
     assert "rows per layer" in out and "time per task" in out
     assert "gold.daily_category_revenue" in out
+    # the summary's rows are whole in captured output (no terminal): names and note unabridged
+    assert re.search(r"gold\s+│ customer_lifetime_value\s+│\s+1000 │ parquet, full\b", out), out
+    assert re.search(r"gold.build.customer_lifetime_value\s+│\s+\d+\.\d", out), out
 
 
 def test_gold_matches_an_independent_computation(shop_run: dict) -> None:
@@ -138,7 +143,7 @@ def test_history_shows_each_publish_with_its_lineage(shop_run: dict, shop_pipeli
         for p in (lake / "raw" / s / "_runs").glob("*.json")
     }
     where = ["-p", str(shop_pipeline), "--lake", str(lake)]
-    env = {**shop_run["env"], "COLUMNS": "220"}
+    env = shop_run["env"]
     # The second run landed only the CSV snapshot again: the daily model (which reads its
     # categories) was rebuilt and published again, the customer model (which does not) was
     # unchanged and kept its publish.
@@ -176,7 +181,12 @@ def test_history_shows_each_publish_with_its_lineage(shop_run: dict, shop_pipeli
             check=True,
         ).stdout
         assert f"history of gold.{table}" in text and "passed" in text
-        assert "purchases v" in text and "raw)" in text
+        rows = [line for line in text.splitlines() if "│" in line]
+        assert len(rows) == publishes  # one line per publish, none folded
+        assert newest["run_id"] in rows[0] and newest["published_at"] in rows[0]
+        purchases = newest["inputs"]["purchases"]
+        raw = len(purchases["raw_runs"])
+        assert f"purchases v{purchases['delta_version']} (+{raw} raw)" in rows[0]
     empty = subprocess.run(
         [
             *RAW2GOLD,
@@ -205,7 +215,7 @@ def test_sources_check_and_discover_ask_the_real_connectors(
     def cli(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [*RAW2GOLD, "sources", *args, *where],
-            env={**shop_run["env"], "COLUMNS": "200"},
+            env=shop_run["env"],
             capture_output=True,
             text=True,
             timeout=300,

@@ -9,6 +9,8 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from raw2gold.cli import main
 from raw2gold.config.loader import load_pipeline
 from raw2gold.config.models import MaintenanceConfig
@@ -44,7 +46,7 @@ def parquet_on_disk(lake_dir: Path, table: str) -> int:
 
 
 def test_optimize_and_vacuum_keep_rows_and_incremental_builds(
-    tmp_path: Path, spark: Any, shop_pipeline: Path
+    tmp_path: Path, spark: Any, shop_pipeline: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lake_dir = tmp_path / "lake"
     shop = load_pipeline(shop_pipeline, str(lake_dir))
@@ -100,5 +102,17 @@ def test_optimize_and_vacuum_keep_rows_and_incremental_builds(
     # VACUUM waits vacuum_every_hours; OPTIMIZE waits for enough small files again.
     again = run_stage(config, "maintain", "maintain2", spark=spark)["maintained"]
     assert not any(r["vacuumed"] or r["optimized"] for r in again.values())
-    # and from the command line, with the defaults (no maintenance block in the yaml)
+    # and from the command line, with the defaults (no maintenance block in the yaml): one row
+    # per Delta table, its name whole even in a log (not a terminal), what was done
+    capsys.readouterr()
     assert main(["maintain", "-p", str(shop_pipeline), "--lake", str(lake_dir)]) == 0
+    printed = capsys.readouterr().out
+    rows = {
+        cells[0]: cells[1:]
+        for line in printed.splitlines()
+        if len(cells := [c.strip() for c in line.split("│")]) == 7
+    }
+    assert set(rows) == set(again) and "processed.make_categories" in rows
+    purchases = rows["processed.purchases"]
+    assert purchases[0] == str(len(live_files(lake, PURCHASES) or []))  # live files
+    assert purchases[2:4] == ["", ""]  # neither optimized nor vacuumed: not due
