@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/transform.py --orders 1000000 [--orders 5000000] [--untuned]
                                            [--fresh-jvm] [--shared-server N] [--warm-runs N]
+                                           [--raw json]
 
 For each size it generates raw Parquet runs shaped like the connectors' (purchases = orders,
 users = orders/10, 1,000 products, the categories CSV), then prints side by side:
@@ -22,7 +23,12 @@ users = orders/10, 1,000 products, the categories CSV), then prints side by side
   JIT compilers spent during it and how many classes Spark generated (code generation) — what
   a JVM that serves many runs (``spark.server: shared``) converges to;
 * with ``--untuned``: the full load again on a fresh lake with Spark's own defaults for the
-  settings raw2gold tunes (shuffle partitions 200, Delta snapshot partitions 50).
+  settings raw2gold tunes (shuffle partitions 200, Delta snapshot partitions 50);
+* with ``--raw json``: the orders, users and products arrive as JSON lines, as an Airbyte
+  server's S3 destination writes them (``_airbyte_data`` objects, 1M-row files), and raw2gold
+  lands them into raw Parquet (:func:`register_destination_files`, what the DAG's ingest task
+  does for an ``airbyte:`` source) before Spark runs; the landing is timed on its own, and
+  DuckDB computes its gold straight from the JSON files.
 
 Gold from Spark and from DuckDB is compared row by row after each load; a difference fails.
 """
@@ -40,16 +46,18 @@ import time
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import duckdb
 import numpy as np
+import orjson
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from raw2gold.config import load_pipeline
-from raw2gold.config.models import PipelineConfig
+from raw2gold.config.models import AirbyteServerSpec, PipelineConfig
+from raw2gold.ingest.airbyte_server import register_destination_files
 from raw2gold.lake.layout import Lake
 from raw2gold.publish.publisher import gold_arrow_table
 from raw2gold.transform.connect import REMOTE_ENV, start_server, stop_shared_server
@@ -126,6 +134,67 @@ def write_run(
     )
 
 
+class RunWriter(Protocol):
+    def __call__(
+        self,
+        lake: Lake,
+        source: str,
+        run_id: str,
+        streams: dict[str, pa.Table],
+        extracted_at: datetime,
+    ) -> None: ...
+
+
+class JsonRaw:
+    """The faker streams as JSON lines in an Airbyte server's destination folder, landed into
+    raw Parquet by raw2gold (other sources: Parquet, as without ``--raw json``)."""
+
+    def __init__(self, config: PipelineConfig, folder: Path) -> None:
+        shutil.rmtree(folder, ignore_errors=True)
+        self.folder = folder
+        spec = AirbyteServerSpec(connection_id="bench", format="jsonl", destination_uri=str(folder))
+        faker = config.sources["faker"].model_copy(update={"airbyte": spec, "connector": None})
+        self.config = config.model_copy(update={"sources": {**config.sources, "faker": faker}})
+        self.landing_seconds = 0.0
+        self.json_seconds = 0.0
+
+    def files(self, stream: str) -> list[str]:
+        return sorted(str(p) for p in (self.folder / stream).glob("*.jsonl"))
+
+    def __call__(
+        self,
+        lake: Lake,
+        source: str,
+        run_id: str,
+        streams: dict[str, pa.Table],
+        extracted_at: datetime,
+    ) -> None:
+        if source != "faker":
+            write_run(lake, source, run_id, streams, extracted_at)
+            return
+        started = time.perf_counter()
+        stamp = int(extracted_at.timestamp() * 1000)  # epoch ms, as Airbyte writes it
+        for stream, table in streams.items():
+            (self.folder / stream).mkdir(parents=True, exist_ok=True)
+            for part, offset in enumerate(range(0, max(table.num_rows, 1), 1_000_000)):
+                path = self.folder / stream / f"{run_id}-{part:05d}.jsonl"
+                with path.open("wb") as out:
+                    rows = table.slice(offset, 1_000_000).to_pylist()
+                    for i, row in enumerate(rows, start=offset):
+                        record = {
+                            "_airbyte_raw_id": f"{run_id}-{i}",
+                            "_airbyte_extracted_at": stamp,
+                            "_airbyte_meta": {"changes": []},
+                            "_airbyte_data": row,
+                        }
+                        out.write(orjson.dumps(record) + b"\n")
+        self.json_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        ingest_date = extracted_at.strftime("%Y-%m-%d")
+        register_destination_files(self.config, "faker", run_id, ingest_date, log=lambda _: None)
+        self.landing_seconds = time.perf_counter() - started
+
+
 def purchases(rng: np.random.Generator, ids: np.ndarray, users: int, day0: float) -> pa.Table:
     n = len(ids)
     created = day0 + rng.uniform(0, 86400 * 30, n)
@@ -148,7 +217,7 @@ def purchases(rng: np.random.Generator, ids: np.ndarray, users: int, day0: float
     )
 
 
-def first_load(lake: Lake, orders: int, seed: int = 1) -> None:
+def first_load(lake: Lake, orders: int, seed: int = 1, write: RunWriter = write_run) -> None:
     rng = np.random.default_rng(seed)
     users = max(orders // 10, 1)
     user_ids = np.arange(1, users + 1)
@@ -183,7 +252,7 @@ def first_load(lake: Lake, orders: int, seed: int = 1) -> None:
         "products": product_table,
         "purchases": purchases(rng, np.arange(1, orders + 1), users, 86400 * 400),
     }
-    write_run(lake, "faker", "bench-full", streams, at)
+    write(lake, "faker", "bench-full", streams, at)
     categories = pa.table(
         {
             "make": [m for m, c in MAKES if c],
@@ -191,10 +260,12 @@ def first_load(lake: Lake, orders: int, seed: int = 1) -> None:
             "country": ["X"] * sum(1 for _, c in MAKES if c),
         }
     )
-    write_run(lake, "catalog_csv", "bench-csv", {"make_categories": categories}, at)
+    write(lake, "catalog_csv", "bench-csv", {"make_categories": categories}, at)
 
 
-def one_percent_more(lake: Lake, orders: int, round_: int = 0) -> None:
+def one_percent_more(
+    lake: Lake, orders: int, round_: int = 0, write: RunWriter = write_run
+) -> None:
     """1 % new orders, after the existing ids (the incremental case the pipeline is built for);
     ``round_`` n > 0 adds the n+1-th such run, a day later than the one before."""
     rng = np.random.default_rng(2 + round_)
@@ -203,7 +274,7 @@ def one_percent_more(lake: Lake, orders: int, round_: int = 0) -> None:
     new_ids = np.arange(orders + 1 + round_ * new, orders + 1 + (round_ + 1) * new)
     table = purchases(rng, new_ids, users, 86400 * (440 + round_))
     at = datetime(2026, 1, 2, tzinfo=UTC) + timedelta(days=round_, hours=1)
-    write_run(lake, "faker", f"bench-incr{round_ or ''}", {"purchases": table}, at)
+    write(lake, "faker", f"bench-incr{round_ or ''}", {"purchases": table}, at)
 
 
 LATEST = """
@@ -216,8 +287,24 @@ SELECT * EXCLUDE (rn) FROM (
 """
 
 
-def duckdb_gold(lake: Lake) -> tuple[dict[str, list[tuple[Any, ...]]], float]:
-    """The three gold tables computed by DuckDB straight from raw Parquet, and the seconds."""
+JSON_NOTE = "an Airbyte destination's files: _airbyte_data objects, 1M rows a file"
+LAND_NOTE = "raw2gold: JSON lines -> typed raw Parquet + manifest (the ingest task)"
+LATEST_JSON = """
+CREATE OR REPLACE TEMP VIEW {name} AS
+SELECT * EXCLUDE (rn) FROM (
+  SELECT *, row_number() OVER (
+    PARTITION BY {key} ORDER BY {order} _airbyte_extracted_at DESC, _airbyte_raw_id DESC) AS rn
+  FROM (SELECT _airbyte_data.*, _airbyte_extracted_at, _airbyte_raw_id
+        FROM read_json({files}, format = 'newline_delimited'))
+) WHERE rn = 1
+"""
+
+
+def duckdb_gold(
+    lake: Lake, json_raw: JsonRaw | None = None
+) -> tuple[dict[str, list[tuple[Any, ...]]], float]:
+    """The three gold tables computed by DuckDB straight from raw Parquet (or from the JSON
+    files for the faker streams, with ``json_raw``), and the seconds."""
     started = time.perf_counter()
     con = duckdb.connect()
     con.execute("SET TimeZone = 'UTC'")
@@ -235,9 +322,15 @@ def duckdb_gold(lake: Lake) -> tuple[dict[str, list[tuple[Any, ...]]], float]:
         ("purchases", "faker", "id", order),
         ("make_categories", "catalog_csv", "make", ""),
     ]:
-        con.execute(
-            LATEST.format(name=f"raw_{name}", key=key, order=cursor, files=files(source, name))
-        )
+        if json_raw is not None and source == "faker":
+            read = LATEST_JSON.format(
+                name=f"raw_{name}", key=key, order=cursor, files=json_raw.files(name)
+            )
+        else:
+            read = LATEST.format(
+                name=f"raw_{name}", key=key, order=cursor, files=files(source, name)
+            )
+        con.execute(read)
     con.execute("""
         CREATE TEMP TABLE p AS SELECT id, user_id, product_id,
           CAST(purchased_at AS TIMESTAMPTZ) AS purchased_at,
@@ -444,16 +537,28 @@ def measured_run(spark: Any, config: PipelineConfig, run_id: str) -> tuple[dict[
 
 
 def bench(
-    orders: int, work: Path, untuned: bool, fresh_jvm: bool = False, warm_runs: int = 0
+    orders: int,
+    work: Path,
+    untuned: bool,
+    fresh_jvm: bool = False,
+    warm_runs: int = 0,
+    raw: str = "parquet",
 ) -> list[tuple[str, str, str]]:
     lines: list[tuple[str, str, str]] = []
     lake_dir = work / f"lake-{orders}"
     shutil.rmtree(lake_dir, ignore_errors=True)
     config = load_pipeline(SHOP, str(lake_dir))
     lake = Lake(config.lake)
+    json_raw = JsonRaw(config, work / f"json-{orders}") if raw == "json" else None
+    write: RunWriter = json_raw or write_run
     started = time.perf_counter()
-    first_load(lake, orders)
-    lines.append(("generate raw Parquet", f"{time.perf_counter() - started:.1f}s", ""))
+    first_load(lake, orders, write=write)
+    if json_raw is None:
+        lines.append(("generate raw Parquet", f"{time.perf_counter() - started:.1f}s", ""))
+    else:
+        lines.append(("generate JSON lines", f"{json_raw.json_seconds:.1f}s", JSON_NOTE))
+        landed_full = json_raw.landing_seconds
+        lines.append(("land JSON into raw", f"{landed_full:.1f}s", LAND_NOTE))
 
     spark = spark_session(config, "raw2gold-bench")
     started = time.perf_counter()
@@ -461,19 +566,24 @@ def bench(
     lines.append(("Spark JVM start", f"{time.perf_counter() - started:.1f}s", "once per run"))
 
     full = spark_run(spark, config, "full")
-    duck, duck_seconds = duckdb_gold(lake)
+    duck, duck_seconds = duckdb_gold(lake, json_raw)
     same = compare(spark_gold(config), duck, "full load")
     detail = stage_detail(full)
     lines.append(("Spark full load", f"{full['total']:.1f}s", detail))
-    lines.append(("DuckDB same gold", f"{duck_seconds:.1f}s", f"gold {same}"))
+    source = "" if json_raw is None else " (from the JSON)"
+    lines.append((f"DuckDB same gold{source}", f"{duck_seconds:.1f}s", f"gold {same}"))
     fresh_dir = work / f"lake-{orders}-fresh-jvm"
     if fresh_jvm:
         shutil.rmtree(fresh_dir, ignore_errors=True)
         shutil.copytree(lake_dir, fresh_dir)
 
-    one_percent_more(lake, orders)
+    one_percent_more(lake, orders, write=write)
+    if json_raw is not None:
+        landed = json_raw.landing_seconds
+        with_landing = 100 * landed / landed_full
+        lines.append(("land +1% JSON into raw", f"{landed:.1f}s", f"{with_landing:.0f}% of full"))
     incr, work_done = measured_run(spark, config, "incr")
-    duck, duck_seconds = duckdb_gold(lake)
+    duck, duck_seconds = duckdb_gold(lake, json_raw)
     same = compare(spark_gold(config), duck, "incremental")
     share = 100 * incr["total"] / full["total"]
     detail = stage_detail(incr)
@@ -484,15 +594,18 @@ def bench(
             f"{share:.0f}% of full; {detail}; {work_done}",
         )
     )
+    if json_raw is not None:
+        both = 100 * (landed + incr["total"]) / (landed_full + full["total"])
+        lines.append(("  landing + Spark", "", f"{both:.0f}% of landing + Spark full"))
     lines.append(("  gold builds", "", gold_builds(lake, "incr")))
     lines.append(("DuckDB recompute all", f"{duck_seconds:.1f}s", f"gold {same}"))
     for round_ in range(1, warm_runs + 1):
-        one_percent_more(lake, orders, round_)
+        one_percent_more(lake, orders, round_, write=write)
         warm, work_done = measured_run(spark, config, f"warm{round_}")
         note = f"{100 * warm['total'] / full['total']:.0f}% of full; {work_done}"
         lines.append((f"  +1% run {round_ + 1}, same JVM", f"{warm['total']:.1f}s", note))
     if warm_runs:
-        duck, _ = duckdb_gold(lake)
+        duck, _ = duckdb_gold(lake, json_raw)
         lines.append(("", "", "gold " + compare(spark_gold(config), duck, "warm runs")))
 
     if untuned:
@@ -551,6 +664,12 @@ def main() -> None:
         metavar="N",
         help="also: N more +1 %% runs in the same JVM, with its JIT and code generation work",
     )
+    parser.add_argument(
+        "--raw",
+        choices=["parquet", "json"],
+        default="parquet",
+        help="how the orders, users and products arrive (json: an Airbyte destination's files)",
+    )
     parser.add_argument("--incremental-only", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--client-run", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--run-id", default=None, help=argparse.SUPPRESS)
@@ -561,11 +680,14 @@ def main() -> None:
     if args.client_run:  # a run on the shared server, in its own process (client_run)
         client_only(Path(args.client_run), args.run_id)
         return
+    if args.raw == "json" and (args.untuned or args.fresh_jvm or args.shared_server):
+        parser.error("--raw json goes with --warm-runs only")
     work = Path(args.work or tempfile.mkdtemp(prefix="raw2gold-bench-"))
     for orders in args.orders or [1_000_000]:
         # The shared server's runs first, before this process starts a JVM of its own.
         shared = shared_server_runs(orders, work, args.shared_server) if args.shared_server else []
-        lines = bench(orders, work, args.untuned, args.fresh_jvm, args.warm_runs) + shared
+        lines = bench(orders, work, args.untuned, args.fresh_jvm, args.warm_runs, args.raw)
+        lines += shared
         print(f"\n== {orders:,} orders ({orders // 10:,} users, {PRODUCTS} products), local[2]")
         width = max(len(what) for what, _, _ in lines)
         for what, seconds, note in lines:
