@@ -375,3 +375,50 @@ def test_csv_destination_files(tmp_path) -> None:
     ]
     assert rows[0]["_airbyte_extracted_at"] == datetime(2026, 1, 1, tzinfo=UTC)
     assert json.loads(rows[0]["_airbyte_meta"]) == {"sync_id": 7, "changes": []}
+
+
+def test_text_destination_files_are_streamed_across_read_chunks(tmp_path, monkeypatch) -> None:
+    """JSONL (gzip, CRLF line ends, non-ASCII text) and CSV (a quoted value spanning lines)
+    are read a chunk at a time, not whole; with a 7-byte chunk every line and multi-byte
+    character straddles a boundary, and the rows land exactly as written."""
+    import gzip
+
+    from raw2gold.ingest import airbyte_server
+
+    monkeypatch.setattr(airbyte_server, "READ_CHUNK", 7)
+    records = [
+        {"id": i, "name": f"Zoë-{i} 東京", "note": "a\nb" if i == 2 else None} for i in (1, 2)
+    ]
+    config = make_config(tmp_path, fmt="jsonl")
+    folder = bucket(config) / "customers"
+    folder.mkdir(parents=True)
+    lines = [
+        orjson.dumps(
+            {"_airbyte_raw_id": f"r-{r['id']}", "_airbyte_extracted_at": 0, "_airbyte_data": r}
+        )
+        for r in records
+    ]
+    (folder / "part_0.jsonl.gz").write_bytes(gzip.compress(b"\r\n".join(lines) + b"\r\n"))
+    manifest = register_destination_files(config, "crm", RUN_1, DATE)
+    rows = read_raw(config, manifest["streams"]["customers"]["files"])
+    assert [(r["id"], r["name"], r["note"]) for r in rows] == [
+        (1, "Zoë-1 東京", None),
+        (2, "Zoë-2 東京", "a\nb"),
+    ]
+
+    (tmp_path / "csv").mkdir()
+    config = make_config(tmp_path / "csv", fmt="csv")
+    folder = bucket(config) / "customers"
+    folder.mkdir(parents=True)
+    text = (
+        "_airbyte_raw_id,_airbyte_extracted_at,id,name,note\r\n"
+        "r-1,0,1,Zoë-1 東京,\r\n"
+        'r-2,0,2,Zoë-2 東京,"a\r\nb, ""c"""\r\n'
+    )
+    (folder / "part_0.csv").write_bytes(text.encode())
+    manifest = register_destination_files(config, "crm", RUN_1, DATE)
+    rows = read_raw(config, manifest["streams"]["customers"]["files"])
+    assert [(r["_airbyte_raw_id"], r["id"], r["name"], r["note"]) for r in rows] == [
+        ("r-1", "1", "Zoë-1 東京", ""),  # flattened CSV: text, typed later in processed
+        ("r-2", "2", "Zoë-2 東京", 'a\r\nb, "c"'),
+    ]

@@ -26,7 +26,6 @@ import base64
 import csv
 import datetime as dt
 import decimal
-import io
 import logging
 import time
 import uuid
@@ -80,6 +79,7 @@ AIRBYTE_COLUMNS = {
     "_airbyte_loaded_at",
 }
 LogFn = Callable[[str], None]
+READ_CHUNK = 1 << 20  # bytes of a JSONL/CSV destination file read at a time
 
 
 class AirbyteJobError(RuntimeError):
@@ -302,24 +302,30 @@ def _merge_kind(old: str | None, new: str | None) -> str | None:
     return JSON
 
 
-def _read_text(store: Lake, obj: DestinationObject) -> bytes:
+def _lines(store: Lake, obj: DestinationObject) -> Iterator[bytes]:
+    """The file's lines, without their ``\\n``, read :data:`READ_CHUNK` bytes at a time
+    (decompressed when its name says so): memory stays flat however large the file is."""
     with store.fs.open_input_stream(obj.path, compression="detect") as stream:
-        return bytes(stream.read())
+        rest = b""
+        while block := stream.read(READ_CHUNK):
+            *lines, rest = (rest + block).split(b"\n")
+            yield from lines
+        if rest:
+            yield rest
 
 
 def _rows(store: Lake, obj: DestinationObject, fmt: str) -> Iterator[dict[str, Any]]:
-    """The file's rows as dicts, as the destination wrote them."""
+    """The file's rows as dicts, as the destination wrote them, streamed."""
     if fmt == "parquet":
         with store.fs.open_input_file(obj.path) as handle:
             for batch in pq.ParquetFile(handle).iter_batches(batch_size=10_000):
                 yield from batch.to_pylist()
     elif fmt == "jsonl":
-        for line in _read_text(store, obj).splitlines():
+        for line in _lines(store, obj):
             if line.strip():
                 yield orjson.loads(line)
-    else:
-        text = _read_text(store, obj).decode("utf-8")
-        yield from csv.DictReader(io.StringIO(text, newline=""))
+    else:  # a quoted value may span lines: the csv module joins them
+        yield from csv.DictReader(line.decode("utf-8") + "\n" for line in _lines(store, obj))
 
 
 def _data(row: dict[str, Any]) -> dict[str, Any]:
