@@ -246,8 +246,21 @@ def registered_objects(lake: Lake, source_name: str) -> set[str]:
 
 
 # ---- reading destination files ----------------------------------------------------------------
+_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
+_NO_CHANGES: dict[str, Any] = {"changes": []}
+_SCALAR_KINDS: dict[type, str | None] = {
+    type(None): None,
+    bool: "boolean",
+    int: INTEGER,
+    float: NUMBER,
+    str: STRING,
+}
+
+
 def _plain(value: Any) -> Any:
     """A JSON-ready value: timestamps and dates as ISO text, decimals as float, bytes base64."""
+    if type(value) in _JSON_SCALARS:  # most values of a JSONL or CSV file: as they are
+        return value
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -279,6 +292,10 @@ def _arrow_kind(kind: pa.DataType) -> str:
 
 
 def _value_kind(value: Any) -> str | None:
+    kind = type(value)
+    if kind in _SCALAR_KINDS:  # JSON's own types: one lookup
+        return _SCALAR_KINDS[kind]
+    value = _plain(value)
     if value is None:
         return None
     if isinstance(value, bool):
@@ -355,6 +372,8 @@ def _extracted_us(value: Any) -> int:
 
 def _meta(value: Any, casts: list[dict[str, str]]) -> str:
     """``_airbyte_meta`` as JSON text with a ``changes`` list (casts made here appended)."""
+    if not casts and (value is None or value == _NO_CHANGES or value == EMPTY_META):
+        return EMPTY_META  # most rows
     if isinstance(value, str):
         value = orjson.loads(value) if value.strip() else None
     meta = _plain(value) if isinstance(value, dict) else {}
@@ -388,7 +407,9 @@ def stream_schema(store: Lake, objects: list[DestinationObject], fmt: str) -> di
                 continue
         for row in _rows(store, obj, fmt):
             for name, value in _data(row).items():
-                kinds[name] = _merge_kind(kinds.get(name), _value_kind(_plain(value)))
+                old, new = kinds.get(name), _value_kind(value)
+                if new != old or name not in kinds:
+                    kinds[name] = _merge_kind(old, new)
     return _json_schema(kinds)
 
 
