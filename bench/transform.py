@@ -43,10 +43,11 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -134,15 +135,8 @@ def write_run(
     )
 
 
-class RunWriter(Protocol):
-    def __call__(
-        self,
-        lake: Lake,
-        source: str,
-        run_id: str,
-        streams: dict[str, pa.Table],
-        extracted_at: datetime,
-    ) -> None: ...
+# write_run's signature: (lake, source, run_id, streams, extracted_at)
+RunWriter = Callable[[Lake, str, str, dict[str, pa.Table], datetime], None]
 
 
 class JsonRaw:
