@@ -246,8 +246,7 @@ def registered_objects(lake: Lake, source_name: str) -> set[str]:
 
 
 # ---- reading destination files ----------------------------------------------------------------
-_JSON_SCALARS = frozenset({str, int, float, bool, type(None)})
-_NO_CHANGES: dict[str, Any] = {"changes": []}
+# JSON's own scalar types, and the column kind each gives (one lookup per value)
 _SCALAR_KINDS: dict[type, str | None] = {
     type(None): None,
     bool: "boolean",
@@ -255,11 +254,12 @@ _SCALAR_KINDS: dict[type, str | None] = {
     float: NUMBER,
     str: STRING,
 }
+_NO_CHANGES: dict[str, Any] = {"changes": []}
 
 
 def _plain(value: Any) -> Any:
     """A JSON-ready value: timestamps and dates as ISO text, decimals as float, bytes base64."""
-    if type(value) in _JSON_SCALARS:  # most values of a JSONL or CSV file: as they are
+    if type(value) in _SCALAR_KINDS:  # most values of a JSONL or CSV file: as they are
         return value
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
