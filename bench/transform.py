@@ -203,10 +203,8 @@ def purchases(rng: np.random.Generator, ids: np.ndarray, users: int, day0: float
             "created_at": iso(created),
             "updated_at": iso(purchased + 60),
             "added_to_cart_at": iso(created),
-            "purchased_at": pa.array(np.where(bought, texts(purchased), None), pa.string()),
-            "returned_at": pa.array(
-                np.where(returned, texts(purchased + 86400), None), pa.string()
-            ),
+            "purchased_at": pa.array(texts(purchased), pa.string(), mask=~bought),
+            "returned_at": pa.array(texts(purchased + 86400), pa.string(), mask=~returned),
         }
     )
 
@@ -611,8 +609,8 @@ def bench(
         config_untuned = load_pipeline(SHOP, str(lake_untuned))
         first_load(Lake(config_untuned.lake), orders)
         plain = spark_run(spark, config_untuned, "full")
-        for key, value in before.items():
-            spark.conf.set(key, value)
+        for key, old in before.items():
+            spark.conf.unset(key) if old is None else spark.conf.set(key, old)
         settings = ", ".join(f"{k.rsplit('.', 1)[-1]}={v}" for k, v in UNTUNED.items())
         lines.append(("Spark full, untuned", f"{plain['total']:.1f}s", settings))
     spark.stop()
