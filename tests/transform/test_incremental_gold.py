@@ -24,7 +24,7 @@ from raw2gold.transform.gold import plan_build
 from raw2gold.transform.job import STAGES, run_stage
 from tests.publish.digest import tree_digest
 from tests.story import Story
-from tests.transform.rawdata import categories, shop_records, ts, write_raw_run
+from tests.transform.rawdata import MAKES, categories, shop_records, ts, write_raw_run
 from tests.transform.reference import assert_gold_matches_reference, parse_ts
 
 T0 = datetime(2026, 1, 8, 6, tzinfo=UTC)
@@ -122,6 +122,23 @@ def change_more_groups_than_collected(shop: Any, spark: Any) -> dict[str, Any]:
         return run_all(shop, spark, "run9")
 
 
+def land_categories(shop: Any, spark: Any, raw_run: str, run_id: str, day: int) -> SimpleNamespace:
+    """A run after the CSV source was read again (a full-refresh stream: a new raw run holding
+    every row): the gold before it and the run's summaries."""
+    rows = [(m, c, "X") for m, c in MAKES]
+    if raw_run == "c3":
+        rows[0] = (MAKES[0][0], "luxury", "X")  # Audi moves to another category
+    before = _gold_state(shop)
+    write_raw_run(
+        shop.lake,
+        "catalog_csv",
+        raw_run,
+        {"make_categories": categories(rows)},
+        T0 + timedelta(days=day),
+    )
+    return SimpleNamespace(before=before, summaries=run_all(shop, spark, run_id))
+
+
 @pytest.fixture(scope="module")
 def shop(tmp_path_factory: pytest.TempPathFactory, spark: Any, shop_pipeline: Path) -> Any:
     """The shop's lake and the runs this module's tests follow, reached in order
@@ -144,6 +161,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory, spark: Any, shop_pipeline: Pa
             ("run6 again", lambda: run_without_changes(shop, spark, "run6")),
             ("run7", lambda: run_all(shop, spark, "run7", full_refresh=True)),
             ("run9", lambda: change_more_groups_than_collected(shop, spark)),
+            ("run10", lambda: land_categories(shop, spark, "c2", "run10", 10)),
+            ("run11", lambda: land_categories(shop, spark, "c3", "run11", 11)),
         ]
     )
     return shop
@@ -374,4 +393,40 @@ def test_many_groups_are_written_by_spark(shop: Any) -> None:
     assert builds(summaries)[CLV] == ("incremental", "changed: purchases", 2)
     affected = shop.lake.list_files(shop.lake.staging_affected("run9", DAILY))
     assert any(f.endswith("_SUCCESS") for f in affected)  # Spark's committer wrote them
+    assert_gold_matches_reference(shop.config)
+
+
+def test_the_same_snapshot_again_writes_nothing(shop: Any) -> None:
+    """The CSV read again with the same rows (new raw ids and extraction time): processed
+    make_categories keeps its version, so no model is rebuilt and gold stays as it was."""
+    version = log_version(shop.lake, shop.lake.processed_table("make_categories"))
+    run10 = shop.story.reach("run10")
+    processed = run10.summaries["transform"]["processed"]["make_categories"]
+    assert (processed["mode"], processed["raw_runs"]) == ("unchanged", ["c2"])
+    assert processed["delta_version"] == version == processed["previous_version"]
+    assert processed["rows"] == len(MAKES) and processed["rows_written"] == 0
+    assert {b[0] for b in builds(run10.summaries).values()} == {"unchanged"}
+    assert {g["action"] for g in run10.summaries["publish"]["gold"].values()} == {"unchanged"}
+    assert _gold_state(shop) == run10.before
+    assert_gold_matches_reference(shop.config)
+
+
+def test_a_changed_snapshot_is_written_and_its_models_rebuilt(shop: Any) -> None:
+    """One category changed in the next snapshot: the table is overwritten with it, the two
+    models that read it are rebuilt in full and published, and gold equals the reference."""
+    from raw2gold.publish.publisher import publish_history
+
+    publishes = len(publish_history(shop.config, DAILY))
+    run11 = shop.story.reach("run11")
+    processed = run11.summaries["transform"]["processed"]["make_categories"]
+    assert (processed["mode"], processed["rows_written"]) == ("overwrite", len(MAKES))
+    assert processed["delta_version"] == processed["previous_version"] + 1
+    reason = "changed: make_categories"
+    assert builds(run11.summaries) == {
+        DAILY: ("full", f"{reason} (not incremental inputs)", -1),
+        CLV: ("unchanged", "inputs unchanged since run run9", -1),
+        TOP: ("full", reason, -1),
+    }
+    history = publish_history(shop.config, DAILY)
+    assert len(history) == publishes + 1 and history[0]["run_id"] == "run11"
     assert_gold_matches_reference(shop.config)

@@ -21,7 +21,11 @@ Per processed table:
   A deletion record needs only its key and cursor to cast: its other values are never stored,
   so a bad one there does not hold the deletion back (nor quarantine it).
 * **Full-refresh streams** (e.g. a CSV): every raw run is a complete snapshot, so the table
-  becomes exactly the newest raw run's rows (overwrite); older runs are marked as seen.
+  becomes exactly the newest raw run's rows (overwrite); older runs are marked as seen. A
+  snapshot holding the rows the table already has (a source re-read each run without changes)
+  writes nothing: its rows' fingerprint (count, schema, partitioning and an order-independent
+  digest of every value) equals the one the table's last overwrite recorded. The table keeps
+  its version, so the gold models that read it are not rebuilt.
 * ``full_refresh=True`` rebuilds an incremental table from all committed raw runs (overwrite).
 
 **Schema drift** (``extra_columns``, default ``keep``). A raw column that is not declared in
@@ -44,6 +48,8 @@ and ``_airbyte_extracted_at`` (when the connector read it).
 from __future__ import annotations
 
 import functools
+import hashlib
+import json
 import logging
 import operator
 import re
@@ -55,7 +61,9 @@ from typing import TYPE_CHECKING, Any
 from raw2gold.config.models import PipelineConfig, ProcessedModel
 from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.transform.delta import (
+    NO_DATA_CHANGE,
     commit_metadata,
+    commit_versions,
     delta_ref,
     file_stats,
     is_delta,
@@ -261,6 +269,47 @@ def deduplicate(df: DataFrame, model: ProcessedModel) -> DataFrame:
         .where("_raw2gold_rank = 1")
         .drop("_raw2gold_rank")
     )
+
+
+def content_fingerprint(rows: DataFrame, model: ProcessedModel) -> dict[str, Any]:
+    """What a table written from ``rows`` would hold, to tell whether a new snapshot changes it:
+    the row count and a digest of the written schema, the partitioning and every row's values
+    (two 64-bit sums of per-row hashes, so independent of row order). Where each row came from
+    and when it was extracted (:data:`META_COLUMNS`) is left out: a source re-read unchanged
+    gives the same fingerprint."""
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import ArrayType, MapType, StructType
+
+    fields = [f for f in rows.schema.fields if f.name not in META_COLUMNS]
+    values: list[Column] = []
+    for f in fields:
+        column = F.col(quote(f.name))
+        nested = isinstance(f.dataType, ArrayType | MapType | StructType)
+        # Spark's row hashes skip NULLs (and refuse maps): each value also says whether it is
+        # NULL, so (NULL, 1) and (1, NULL) differ, and nested values are hashed as JSON.
+        values += [F.to_json(column) if nested else column, column.isNull()]
+    [row] = rows.agg(
+        F.count(F.lit(1)).alias("n"),
+        F.sum(F.xxhash64(*values).cast("decimal(38,0)")).alias("xx"),
+        F.sum(F.hash(*values).cast("decimal(38,0)")).alias("murmur"),
+    ).collect()
+    shape = [[f.name, f.dataType.simpleString()] for f in fields]
+    text = json.dumps([shape, model.partition_by, str(row["xx"]), str(row["murmur"])])
+    return {"rows": int(row["n"]), "digest": hashlib.sha256(text.encode()).hexdigest()}
+
+
+def last_content(lake: Lake, relative: str) -> dict[str, Any] | None:
+    """The fingerprint the table's newest data-changing commit recorded (None: it recorded
+    none, or the log no longer holds that commit)."""
+    for version in commit_versions(lake, relative)[::-1]:
+        commit = log_commit(lake, relative, version)
+        if commit is None:
+            return None
+        if commit.get("operation") in NO_DATA_CHANGE:
+            continue  # OPTIMIZE, VACUUM: the same rows
+        content = (commit.get("metadata") or {}).get("content")
+        return content if isinstance(content, dict) else None
+    return None
 
 
 def _quarantine(spark: SparkSession, lake: Lake, table: str, bad: DataFrame, run_id: str) -> None:
@@ -568,17 +617,27 @@ def process_table(
                 spark, lake, table, model, latest, int(counts["deletions"] or 0), overwrite
             )
         seen = sorted(set(all_ids if snapshot else []) | done | set(result.raw_runs))
-        metadata = {
+        metadata: dict[str, Any] = {
             "raw2gold_run_id": run_id,
             "raw_runs": seen,
             "new_raw_runs": result.raw_runs,
             "committed_at": utc_now(),
         }
-        if overwrite:
+        rows = _written_rows(latest)
+        content = content_fingerprint(rows, model) if snapshot else None
+        if content is not None:
+            metadata["content"] = content
+        if content and exists and not full_refresh and content == last_content(lake, relative):
+            log.info(
+                "processed %s: raw run %s holds the %d rows the table has: nothing written",
+                table,
+                ", ".join(result.raw_runs),
+                content["rows"],
+            )
+        elif overwrite:
             result.mode = "overwrite"
             writer = (
-                _written_rows(latest)
-                .write.format("delta")
+                rows.write.format("delta")
                 .mode("overwrite")
                 .option("overwriteSchema", "true")
                 .option(CHANGE_FEED, "true")
