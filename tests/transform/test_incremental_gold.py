@@ -122,12 +122,15 @@ def change_more_groups_than_collected(shop: Any, spark: Any) -> dict[str, Any]:
         return run_all(shop, spark, "run9")
 
 
-def land_categories(shop: Any, spark: Any, raw_run: str, run_id: str, day: int) -> SimpleNamespace:
+SAME_CATEGORIES = [(m, c, "X") for m, c in MAKES]
+AUDI_MOVED = [(MAKES[0][0], "luxury", "X"), *SAME_CATEGORIES[1:]]
+
+
+def land_categories(
+    shop: Any, spark: Any, raw_run: str, run_id: str, day: int, rows: list[tuple[str, str, str]]
+) -> SimpleNamespace:
     """A run after the CSV source was read again (a full-refresh stream: a new raw run holding
     every row): the gold before it and the run's summaries."""
-    rows = [(m, c, "X") for m, c in MAKES]
-    if raw_run == "c3":
-        rows[0] = (MAKES[0][0], "luxury", "X")  # Audi moves to another category
     before = _gold_state(shop)
     write_raw_run(
         shop.lake,
@@ -161,8 +164,8 @@ def shop(tmp_path_factory: pytest.TempPathFactory, spark: Any, shop_pipeline: Pa
             ("run6 again", lambda: run_without_changes(shop, spark, "run6")),
             ("run7", lambda: run_all(shop, spark, "run7", full_refresh=True)),
             ("run9", lambda: change_more_groups_than_collected(shop, spark)),
-            ("run10", lambda: land_categories(shop, spark, "c2", "run10", 10)),
-            ("run11", lambda: land_categories(shop, spark, "c3", "run11", 11)),
+            ("run10", lambda: land_categories(shop, spark, "c2", "run10", 10, SAME_CATEGORIES)),
+            ("run11", lambda: land_categories(shop, spark, "c3", "run11", 11, AUDI_MOVED)),
         ]
     )
     return shop

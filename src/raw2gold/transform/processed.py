@@ -625,7 +625,7 @@ def process_table(
         }
         rows = _written_rows(latest)
         content = content_fingerprint(rows, model) if snapshot else None
-        if content is not None:
+        if content:
             metadata["content"] = content
         if content and exists and not full_refresh and content == last_content(lake, relative):
             log.info(
