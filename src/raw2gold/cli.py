@@ -20,6 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from raw2gold.config import ConfigError, PipelineConfig, load_pipeline
+from raw2gold.errors import first_line
 from raw2gold.process_exit import exit_now
 
 
@@ -497,9 +498,8 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:  # noqa: BLE001 - one line for users, traceback on request
         if args.verbose:
             traceback.print_exc()
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         err.print(
-            f"[red]raw2gold:[/red] {type(exc).__name__}: {escape(first)} "
+            f"[red]raw2gold:[/red] {type(exc).__name__}: {escape(first_line(exc))} "
             "(run with --verbose for details)",
             soft_wrap=True,
         )

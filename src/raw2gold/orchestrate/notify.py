@@ -18,6 +18,7 @@ from typing import Any
 from airflow.sdk import BaseNotifier
 
 from raw2gold.config.models import NotificationsConfig
+from raw2gold.errors import first_line
 
 log = logging.getLogger("raw2gold.notify")
 
@@ -40,8 +41,7 @@ class Notification:
 
 def one_line(error: object) -> str:
     """The first non-empty line of an error, shortened."""
-    lines = [line.strip() for line in str(error or "").splitlines() if line.strip()]
-    return lines[0][:500] if lines else ""
+    return first_line(error)[:500] if error else ""
 
 
 def task_notification(pipeline: str, event: str, context: dict[str, Any]) -> Notification:

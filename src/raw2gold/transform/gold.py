@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.loader import REF_IN_SQL, gold_order, model_refs
 from raw2gold.config.models import PipelineConfig
+from raw2gold.errors import first_line
 from raw2gold.lake.layout import Lake
 from raw2gold.transform.delta import (
     NO_DATA_CHANGE,
@@ -555,8 +556,7 @@ def _write_staged(
     except GoldError:
         raise
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise GoldError(f"gold {table} failed: {first}") from exc
+        raise GoldError(f"gold {table} failed: {first_line(exc)}") from exc
 
 
 def build_gold(

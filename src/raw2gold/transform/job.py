@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.loader import load_pipeline
 from raw2gold.config.models import PipelineConfig
+from raw2gold.errors import first_line
 from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.process_exit import exit_now
 from raw2gold.quality.checks import (
@@ -347,7 +348,7 @@ def run_stage(
         summary["status"] = "succeeded"
     except Exception as exc:
         summary["status"] = "failed"
-        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        message = first_line(exc)
         if isinstance(exc, CheckFailed):
             summary["checks"] = [r.as_dict() for r in exc.results]
             message = failure_message(exc.results) or message

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from raw2gold.config.models import PipelineConfig
+from raw2gold.errors import first_line
 from raw2gold.transform.connect import CONNECT_ENV
 
 if TYPE_CHECKING:
@@ -353,7 +354,7 @@ class SparkSubmitRunner(StageRunner):
             except AirflowException as exc:
                 code = self.hook._submit_sp.returncode if self.hook._submit_sp else str(exc)
                 if self.output.summary is None and not self.output.tail:
-                    first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                    first = first_line(exc)
                     raise StageRunError(f"spark-submit failed {self.where}: {first}") from exc
         finally:
             if properties:

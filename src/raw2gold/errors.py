@@ -1,0 +1,50 @@
+"""One line of an error for people: Spark's errors through Py4J, Spark Connect or Python alike."""
+
+from __future__ import annotations
+
+import re
+
+# Spark's error classes lead its messages: "[FAILED_READ_FILE.CANNOT_READ_FILE_FOOTER] ..."
+ERROR_CLASS = re.compile(r"\[([A-Z][A-Z0-9_]*(?:\.[A-Z][A-Z0-9_]*)*)\]")
+SQLSTATE = re.compile(r"\s*SQLSTATE: \w+\s*$")
+
+
+def _java_message(error: object, root: bool = False) -> str | None:
+    """The message of a Py4J error's Java exception (or of its root cause); None otherwise."""
+    java = getattr(error, "java_exception", None)
+    if java is None:
+        return None
+    try:
+        if root:
+            while java.getCause() is not None:
+                java = java.getCause()
+        return str(java.getMessage() or java.toString())
+    except Exception:  # the JVM is gone: Py4J's own text is all there is
+        return None
+
+
+def first_line(error: object) -> str:
+    """The first non-empty line of an error's message (its type's name when it has none).
+
+    A Py4J error's own first line is "An error occurred while calling o70.parquet.": its Java
+    exception's message says what went wrong instead.
+    """
+    text = _java_message(error) or str(error if error is not None else "")
+    for line in text.splitlines():
+        if line.strip():
+            return line.strip()
+    return type(error).__name__ if isinstance(error, BaseException) else ""
+
+
+def root_cause(error: object) -> str:
+    """The first line of the innermost Java cause of a Py4J error, else of the error itself,
+    without Spark's error class and SQLSTATE."""
+    text = _java_message(error, root=True)
+    line = first_line(text) if text else first_line(error)
+    return SQLSTATE.sub("", ERROR_CLASS.sub("", line, count=1)).strip()
+
+
+def error_class(error: object) -> str | None:
+    """Spark's error class of an error (``FAILED_READ_FILE.NO_HINT``), when it names one."""
+    match = ERROR_CLASS.search(_java_message(error) or str(error or ""))
+    return match.group(1) if match else None
