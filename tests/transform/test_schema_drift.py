@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -110,3 +111,86 @@ def test_policy_drop_ignores_and_fail_names_the_stream_and_columns(
     assert "faker.users" in message and "loyalty_tier" in message
     assert "extra_columns" in message
     assert not (tmp_path / "fail" / "processed" / "users").exists()
+
+
+def test_a_column_whose_raw_type_changed_is_read_as_a_type_every_run_fits(
+    tmp_path: Path, spark: Any, shop_pipeline: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Two raw runs processed together (a first load, later a full refresh) whose files differ
+    in a column's type: the source's declared `age` went from integer to text, an undeclared
+    `score` from integer to number (as value kinds inferred per landing do). Spark cannot merge
+    such footers; each run is read with its own types, `age` as text and `score` as double, and
+    typing casts them as declared: a value that does not cast is quarantined, not lost."""
+    lake_dir = tmp_path / "lake"
+    config = load_pipeline(shop_pipeline, str(lake_dir))
+    lake = Lake(config.lake)
+    users = shop_records(users=4)["users"]
+    first = [{**u, "score": 1} for u in users]
+    write_raw_run(lake, "faker", "r1", {"users": first}, T1, extra_fields={"score": pa.int64()})
+    second = [
+        {**users[0], "age": "31", "updated_at": ts(5, 1), "score": 2.5},
+        {**users[1], "age": "forty", "updated_at": ts(5, 2), "score": 3.0},
+        {**users[2], "id": 5, "age": None, "updated_at": ts(5, 5), "score": None},
+    ]
+    changed = {"age": pa.string(), "score": pa.float64()}
+    write_raw_run(lake, "faker", "r2", {"users": second}, T2, extra_fields=changed)
+
+    with caplog.at_level("WARNING", logger="raw2gold.transform.processed"):
+        [result] = build_processed(spark, config, "run1", tables=["users"])
+    assert "raw runs hold age, score with different types: read as age string, score double" in (
+        caplog.text
+    )
+    assert (result.rows_read, result.rows_quarantined, result.rows) == (7, 1, 5)
+    expected = {
+        1: (31, 2.5),  # r2's newer row
+        2: (users[1]["age"], 1.0),  # r2's row has an age that is no integer: r1's stays
+        3: (users[2]["age"], 1.0),
+        4: (users[3]["age"], 1.0),
+        5: (None, None),
+    }
+    assert {i: (r["age"], r["score"]) for i, r in _users(lake_dir, spark).items()} == expected
+    types = dict(spark.read.format("delta").load(str(lake_dir / "processed/users")).dtypes)
+    assert (types["age"], types["score"]) == ("int", "double")
+    quarantine = spark.read.format("delta").load(str(lake_dir / "quarantine" / "users"))
+    reasons = [(row["raw_run_id"], row["reason"]) for row in quarantine.collect()]
+    assert reasons == [("r2", "column age: cannot cast forty to int")]
+
+    [again] = build_processed(spark, config, "run2", full_refresh=True, tables=["users"])
+    assert (again.mode, again.rows_read, again.rows) == ("overwrite", 7, 5)
+    assert {i: (r["age"], r["score"]) for i, r in _users(lake_dir, spark).items()} == expected
+    assert quarantine.count() == 1  # the same bad record, not quarantined twice
+
+
+def test_an_undeclared_column_keeps_its_type_and_a_value_that_does_not_fit_is_quarantined(
+    tmp_path: Path, spark: Any, shop_pipeline: Path
+) -> None:
+    """`score` (not declared) arrived as integers and is a bigint column; a later raw run has
+    it as text. Its values are cast to bigint like a declared column's: "7" is stored as 7 and
+    "x" sends its record to quarantine, where the MERGE used to fail the whole table."""
+    lake_dir = tmp_path / "lake"
+    config = load_pipeline(shop_pipeline, str(lake_dir))
+    lake = Lake(config.lake)
+    users = shop_records(users=3)["users"]
+    first = [{**u, "score": 1} for u in users]
+    write_raw_run(lake, "faker", "r1", {"users": first}, T1, extra_fields={"score": pa.int64()})
+    build_processed(spark, config, "run1", tables=["users"])
+    later = [
+        {**users[0], "updated_at": ts(5, 1), "score": "7"},
+        {**users[1], "email": "two@example.com", "updated_at": ts(5, 2), "score": "x"},
+        {**users[2], "updated_at": ts(5, 3), "score": None},
+    ]
+    write_raw_run(lake, "faker", "r2", {"users": later}, T2, extra_fields={"score": pa.string()})
+    [result] = build_processed(spark, config, "run2", tables=["users"])
+    assert (result.mode, result.rows_quarantined, result.rows_updated) == ("merge", 1, 2)
+    rows = _users(lake_dir, spark)
+    assert {i: (r["email"], r["score"]) for i, r in rows.items()} == {
+        1: (users[0]["email"], 7),
+        2: (users[1]["email"], 1),  # its newer record is quarantined: the stored row stays
+        3: (users[2]["email"], None),
+    }
+    types = dict(spark.read.format("delta").load(str(lake_dir / "processed/users")).dtypes)
+    assert types["score"] == "bigint"
+    quarantine = spark.read.format("delta").load(str(lake_dir / "quarantine" / "users"))
+    [bad] = quarantine.collect()
+    assert bad["reason"] == "column score: cannot cast x to bigint"
+    assert json.loads(bad["record"])["score"] == "x"

@@ -36,7 +36,12 @@ names its columns, so a column that later disappears from the source stays in th
 rows keep their stored value, new rows get NULL. ``drop`` keeps only declared columns;
 ``fail`` stops the run naming the stream and the columns. A declared column that is missing in
 raw is always an error. An overwrite (full refresh, snapshot streams) rebuilds the table with
-the columns its raw runs have now.
+the columns its raw runs have now. Raw runs whose files differ in a column's type are read apart,
+that column as a type every run fits (bigint, double, else text); an undeclared column the table
+holds with another type is typed to the table's type like a declared column.
+
+A raw file Spark cannot read stops the table with one line naming the file, its run and the way
+out (restore it, or delete the run's manifest).
 
 Processed tables have Delta's change data feed on: an ``incremental`` gold model reads the rows
 its inputs changed since its last publish (old and new images) to find the groups to rebuild.
@@ -59,6 +64,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.models import PipelineConfig, ProcessedModel
+from raw2gold.errors import error_class, first_line, root_cause
 from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.transform.delta import (
     NO_DATA_CHANGE,
@@ -90,6 +96,8 @@ DELETED = "_raw2gold_deleted"  # whether a record deletes its key (never stored 
 # Processed tables record row-level changes, so incremental gold models read only what changed.
 CHANGE_FEED = "delta.enableChangeDataFeed"
 COMPLEX = re.compile(r"^(array|map|struct)<", re.IGNORECASE)
+# Spark's error classes for a file it cannot read (corrupt, cut short) or find
+READ_FAILURES = {"FAILED_READ_FILE", "PATH_NOT_FOUND"}
 
 
 class ProcessedError(RuntimeError):
@@ -164,10 +172,9 @@ def deletion_condition(raw: DataFrame, model: ProcessedModel, table: str) -> str
     try:
         kind = raw.select(F.expr(condition).alias("deleted")).schema["deleted"].dataType
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ProcessedError(
             f"processed {table}: deleted_when {condition!r} is not a condition over the raw "
-            f"record of {model.source} ({first}); fix it in pipeline.yaml"
+            f"record of {model.source} ({first_line(exc)}); fix it in pipeline.yaml"
         ) from exc
     if kind.typeName() != "boolean":
         raise ProcessedError(
@@ -183,11 +190,14 @@ def typed_with_reasons(
     table: str,
     extras: list[str] | None = None,
     deleted: str | None = None,
+    stored: dict[str, str] | None = None,
 ) -> tuple[DataFrame, list[str]]:
     """Add typed columns and a `_raw2gold_reasons` array (empty when the row is good), and with
     a ``deleted`` condition the `_raw2gold_deleted` flag, evaluated on the raw record.
 
-    Returns the frame and its data columns: the declared ones, then `extras` as they are in raw.
+    Returns the frame and its data columns: the declared ones, then `extras` as they are in raw
+    — except one the table already holds with another type (``stored``: column -> the table's
+    type), which is typed to it like a declared column.
     """
     from pyspark.sql import functions as F
 
@@ -204,7 +214,11 @@ def typed_with_reasons(
     deleting = F.coalesce(F.expr(deleted), F.lit(False)) if deleted else None
     # A deletion record needs only its key and cursor: its other values are never stored.
     needed = {*model.primary_key, *([model.cursor] if model.cursor else [])}
-    for column, spark_type in model.columns.items():
+    extras = extras or []
+    retyped = {
+        c: kind for c, kind in (stored or {}).items() if c in extras and kind != source_types[c]
+    }
+    for column, spark_type in {**model.columns, **retyped}.items():
         cast = _cast(column, spark_type, source_types[column])
         typed_exprs.append(F.expr(cast).alias(column))
         bad = F.col(column).isNotNull() & F.expr(cast).isNull()
@@ -226,11 +240,12 @@ def typed_with_reasons(
     problems = F.when(any_failed, F.filter(F.array(*reasons), lambda r: r.isNotNull())).otherwise(
         F.array().cast("array<string>")
     )
-    record = F.when(any_failed, F.to_json(F.struct(*[F.col(c) for c in model.columns])))
-    extras = extras or []
+    record = F.when(
+        any_failed, F.to_json(F.struct(*[F.col(quote(c)) for c in [*model.columns, *retyped]]))
+    )
     typed = raw.select(
         *typed_exprs,
-        *[F.col(quote(c)) for c in extras],
+        *[F.col(quote(c)) for c in extras if c not in retyped],
         F.col("_raw2gold_run_id"),
         F.col("_airbyte_extracted_at").cast("timestamp").alias("_airbyte_extracted_at"),
         F.col("_airbyte_raw_id"),
@@ -238,12 +253,13 @@ def typed_with_reasons(
         problems.alias("_raw2gold_reasons"),
         *([deleting.alias(DELETED)] if deleting is not None else []),
     )
-    return typed, [*model.columns, *extras]
+    return typed, [*model.columns, *retyped, *[c for c in extras if c not in retyped]]
 
 
-def _add_new_columns(spark: SparkSession, uri: str, incoming: DataFrame, table: str) -> list[str]:
+def _add_new_columns(
+    spark: SparkSession, uri: str, incoming: DataFrame, table: str, existing: dict[str, str]
+) -> list[str]:
     """Add incoming columns the Delta table lacks (nullable); returns their names."""
-    existing = set(spark.read.format("delta").load(uri).columns)
     new = [f for f in incoming.schema.fields if f.name not in existing]
     if new:
         columns = ", ".join(f"{quote(f.name)} {f.dataType.simpleString()}" for f in new)
@@ -341,20 +357,97 @@ def _quarantine(spark: SparkSession, lake: Lake, table: str, bad: DataFrame, run
     spark.catalog.dropTempView(view)
 
 
-def _read_raw(spark: SparkSession, lake: Lake, stream: str, manifests: list[dict[str, Any]]) -> Any:
-    files = [
-        lake.spark_uri(path)
+def _read_raw(
+    spark: SparkSession, lake: Lake, table: str, stream: str, manifests: list[dict[str, Any]]
+) -> DataFrame | None:
+    paths = [
+        path
         for manifest in manifests
         for path in manifest.get("streams", {}).get(stream, {}).get("files", [])
     ]
-    if not files:
+    if not paths:
         return None
+    files = [lake.spark_uri(path) for path in paths]
     # The runs' schemas merged once (a Spark job over the footers), then pinned: a Spark
     # Connect session analyses a plan again for every schema lookup and every action, and an
     # unpinned read would merge the footers again each time (a classic session resolves the
     # read once, so there the pinned read costs nothing more).
-    merged = spark.read.option("mergeSchema", "true").parquet(*files).schema
+    try:
+        merged = spark.read.option("mergeSchema", "true").parquet(*files).schema
+    except Exception as exc:
+        if error_class(exc) != "CANNOT_MERGE_SCHEMAS":
+            raise
+        return _read_raw_types_apart(spark, lake, table, paths)
     return spark.read.schema(merged).parquet(*files)
+
+
+def _read_raw_types_apart(
+    spark: SparkSession, lake: Lake, table: str, paths: list[str]
+) -> DataFrame:
+    """Raw files whose columns differ in type (a source that changed a column's type between
+    runs, a value kind inferred per landing): the files of each schema read apart, and each
+    such column read as the type all its kinds fit — a wider number or, for any other mix, text
+    (nested values as JSON) — which typing then casts to the declared type like any value."""
+    import pyarrow.parquet as pq
+    from pyspark.sql import functions as F
+    from pyspark.sql.types import (
+        ArrayType,
+        DataType,
+        DoubleType,
+        IntegralType,
+        LongType,
+        MapType,
+        NullType,
+        NumericType,
+        StringType,
+        StructType,
+    )
+
+    groups: dict[str, list[str]] = {}
+    for path in paths:
+        with lake.fs.open_input_file(lake.path(path)) as handle:
+            groups.setdefault(pq.read_schema(handle).to_string(), []).append(path)
+    frames = [spark.read.parquet(*[lake.spark_uri(p) for p in g]) for g in groups.values()]
+    schemas = [frame.schema for frame in frames]  # one analysis each (Spark Connect)
+    kinds: dict[str, list[DataType]] = {}
+    for schema in schemas:
+        for f in schema.fields:
+            if f.dataType not in kinds.setdefault(f.name, []):
+                kinds[f.name].append(f.dataType)
+
+    def common(types: list[DataType]) -> DataType:
+        known = [t for t in types if not isinstance(t, NullType)] or types
+        if len(known) == 1:
+            return known[0]
+        if all(isinstance(t, IntegralType) for t in known):
+            return LongType()
+        if all(isinstance(t, NumericType) for t in known):
+            return DoubleType()
+        return StringType()
+
+    targets = {name: common(types) for name, types in kinds.items() if len(types) > 1}
+    log.warning(
+        "processed %s: raw runs hold %s with different types: read as %s",
+        table,
+        ", ".join(sorted(targets)),
+        ", ".join(f"{n} {t.simpleString()}" for n, t in sorted(targets.items())),
+    )
+
+    def column(name: str, kind: DataType) -> Column:
+        value = F.col(quote(name))
+        if name not in targets or kind == targets[name]:
+            return value
+        if isinstance(targets[name], StringType) and isinstance(
+            kind, ArrayType | MapType | StructType
+        ):
+            value = F.to_json(value)
+        return value.cast(targets[name]).alias(name)
+
+    read = [
+        frame.select(*[column(f.name, f.dataType) for f in schema.fields])
+        for frame, schema in zip(frames, schemas, strict=True)
+    ]
+    return functools.reduce(lambda a, b: a.unionByName(b, allowMissingColumns=True), read)
 
 
 def bound_keys(incoming: DataFrame, keys: list[str]) -> list[str]:
@@ -554,7 +647,51 @@ def process_table(
     run_id: str,
     full_refresh: bool = False,
 ) -> ProcessedResult:
-    """Bring one processed table up to date with the committed raw runs."""
+    """Bring one processed table up to date with the committed raw runs.
+
+    A raw file Spark cannot read (not Parquet, cut short, gone) stops the table with one line
+    naming the file, its raw run and what to do (:class:`ProcessedError`).
+    """
+    try:
+        return _process_table(spark, config, table, run_id, full_refresh)
+    except ProcessedError:
+        raise
+    except Exception as exc:
+        problem = unreadable_raw_file(config, table, exc)
+        if problem is None:
+            raise
+        raise ProcessedError(problem) from exc
+
+
+def unreadable_raw_file(config: PipelineConfig, table: str, error: Exception) -> str | None:
+    """What to tell when Spark could not read one of the table's raw files; None if not that."""
+    kind = error_class(error) or ""
+    if kind.split(".")[0] not in READ_FAILURES:
+        return None
+    source, _, stream = config.processed[table].source.partition(".")
+    lake = Lake(config.lake)
+    text = str(error)
+    for manifest in lake.committed_raw_runs(source):
+        for path in manifest.get("streams", {}).get(stream, {}).get("files", []):
+            if path in text:
+                run = manifest["run_id"]
+                return (
+                    f"processed {table}: raw file {path} (raw run {run} of {source}.{stream}) "
+                    f"cannot be read ({kind}: {root_cause(error)}); raw files are written once, "
+                    f"by ingest: restore it, or delete {Lake.raw_manifest(source, run)} to leave "
+                    f"that run out (the next ingest lands its records again if it was "
+                    f"{source}'s newest run)"
+                )
+    return None
+
+
+def _process_table(
+    spark: SparkSession,
+    config: PipelineConfig,
+    table: str,
+    run_id: str,
+    full_refresh: bool,
+) -> ProcessedResult:
     from pyspark.sql import functions as F
 
     started = time.monotonic()
@@ -578,7 +715,7 @@ def process_table(
         overwrite = full_refresh or not exists
     result = ProcessedResult(table, "unchanged", raw_runs=[m["run_id"] for m in pending])
     result.previous_version = log_version(lake, relative) if exists else -1
-    raw = _read_raw(spark, lake, stream_name, pending) if pending else None
+    raw = _read_raw(spark, lake, table, stream_name, pending) if pending else None
     if raw is None:
         if pending:
             log.warning("processed %s: raw runs %s hold no files", table, result.raw_runs)
@@ -589,8 +726,10 @@ def process_table(
         return result
 
     deleted = deletion_condition(raw, model, table)
+    # the table's column types, which a MERGE casts into (an undeclared column included)
+    stored = dict(spark.read.format("delta").load(uri).dtypes) if not overwrite else {}
     typed, columns = typed_with_reasons(
-        raw, model, table, extra_columns(raw, model, table), deleted
+        raw, model, table, extra_columns(raw, model, table), deleted, stored
     )
     typed = typed.cache()
     try:
@@ -648,7 +787,7 @@ def process_table(
                 writer.save(uri)
         else:
             incoming = latest.drop(DELETED)  # no-op without deletes
-            result.columns_added = _add_new_columns(spark, uri, incoming, table)
+            result.columns_added = _add_new_columns(spark, uri, incoming, table, stored)
             bounds = read_ranges(counts)
             _merge_or_append(spark, lake, relative, model, latest, metadata, result, bounds)
     finally:
