@@ -113,6 +113,19 @@ def test_policy_drop_ignores_and_fail_names_the_stream_and_columns(
     assert not (tmp_path / "fail" / "processed" / "users").exists()
 
 
+def _scored_first_run(
+    tmp_path: Path, shop_pipeline: Path, users: int
+) -> tuple[Path, Any, Lake, list[dict[str, Any]]]:
+    """A lake whose first raw run of users has an undeclared integer column `score` (1)."""
+    lake_dir = tmp_path / "lake"
+    config = load_pipeline(shop_pipeline, str(lake_dir))
+    lake = Lake(config.lake)
+    rows = shop_records(users=users)["users"]
+    first = [{**u, "score": 1} for u in rows]
+    write_raw_run(lake, "faker", "r1", {"users": first}, T1, extra_fields={"score": pa.int64()})
+    return lake_dir, config, lake, rows
+
+
 def test_a_column_whose_raw_type_changed_is_read_as_a_type_every_run_fits(
     tmp_path: Path, spark: Any, shop_pipeline: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -121,12 +134,7 @@ def test_a_column_whose_raw_type_changed_is_read_as_a_type_every_run_fits(
     `score` from integer to number (as value kinds inferred per landing do). Spark cannot merge
     such footers; each run is read with its own types, `age` as text and `score` as double, and
     typing casts them as declared: a value that does not cast is quarantined, not lost."""
-    lake_dir = tmp_path / "lake"
-    config = load_pipeline(shop_pipeline, str(lake_dir))
-    lake = Lake(config.lake)
-    users = shop_records(users=4)["users"]
-    first = [{**u, "score": 1} for u in users]
-    write_raw_run(lake, "faker", "r1", {"users": first}, T1, extra_fields={"score": pa.int64()})
+    lake_dir, config, lake, users = _scored_first_run(tmp_path, shop_pipeline, 4)
     second = [
         {**users[0], "age": "31", "updated_at": ts(5, 1), "score": 2.5},
         {**users[1], "age": "forty", "updated_at": ts(5, 2), "score": 3.0},
@@ -167,12 +175,7 @@ def test_an_undeclared_column_keeps_its_type_and_a_value_that_does_not_fit_is_qu
     """`score` (not declared) arrived as integers and is a bigint column; a later raw run has
     it as text. Its values are cast to bigint like a declared column's: "7" is stored as 7 and
     "x" sends its record to quarantine, where the MERGE used to fail the whole table."""
-    lake_dir = tmp_path / "lake"
-    config = load_pipeline(shop_pipeline, str(lake_dir))
-    lake = Lake(config.lake)
-    users = shop_records(users=3)["users"]
-    first = [{**u, "score": 1} for u in users]
-    write_raw_run(lake, "faker", "r1", {"users": first}, T1, extra_fields={"score": pa.int64()})
+    lake_dir, config, lake, users = _scored_first_run(tmp_path, shop_pipeline, 3)
     build_processed(spark, config, "run1", tables=["users"])
     later = [
         {**users[0], "updated_at": ts(5, 1), "score": "7"},
