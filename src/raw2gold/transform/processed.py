@@ -357,14 +357,16 @@ def _quarantine(spark: SparkSession, lake: Lake, table: str, bad: DataFrame, run
     spark.catalog.dropTempView(view)
 
 
+def raw_files(manifest: dict[str, Any], stream: str) -> list[str]:
+    """The files a raw run's manifest lists for a stream (lake-relative)."""
+    files: list[str] = manifest.get("streams", {}).get(stream, {}).get("files", [])
+    return files
+
+
 def _read_raw(
     spark: SparkSession, lake: Lake, table: str, stream: str, manifests: list[dict[str, Any]]
 ) -> DataFrame | None:
-    paths = [
-        path
-        for manifest in manifests
-        for path in manifest.get("streams", {}).get(stream, {}).get("files", [])
-    ]
+    paths = [path for manifest in manifests for path in raw_files(manifest, stream)]
     if not paths:
         return None
     files = [lake.spark_uri(path) for path in paths]
@@ -672,7 +674,7 @@ def unreadable_raw_file(config: PipelineConfig, table: str, error: Exception) ->
     lake = Lake(config.lake)
     text = str(error)
     for manifest in lake.committed_raw_runs(source):
-        for path in manifest.get("streams", {}).get(stream, {}).get("files", []):
+        for path in raw_files(manifest, stream):
             if path in text:
                 run = manifest["run_id"]
                 return (
