@@ -155,6 +155,26 @@ def test_missing_stream_and_bad_check(tmp_path: Path) -> None:
     assert "check accepted_values needs one column and values" in text
 
 
+def test_a_declared_column_name_delta_refuses_names_the_one_to_declare(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        "name: p\n"
+        + GOOD_SOURCE
+        + """processed:
+  users:
+    source: faker.users
+    primary_key: [id]
+    columns: {id: bigint, "Unit Price": "decimal(10,2)", "Size (cm)": int}
+""",
+    )
+    (problem,) = problems_of(path)
+    assert problem == (
+        f"{path}:12: processed.users.columns: columns 'Unit Price', 'Size (cm)': Delta refuses "
+        "spaces and ',;{}()=' in column names, so processed names such a raw column with _ in "
+        "their place; declare Unit_Price, Size__cm_"
+    )
+
+
 def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:
     path = write(tmp_path, "name: p\nsources:\n  faker: [unclosed\n")
     (problem,) = problems_of(path)

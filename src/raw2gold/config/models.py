@@ -216,6 +216,16 @@ class CheckConfig(Strict):
         return f"{self.type}({detail})" if detail else self.type
 
 
+# Characters Delta refuses in a column name (without column mapping): processed writes _ instead.
+DELTA_REFUSED = re.compile(r"[ ,;{}()\n\t=]")
+
+
+def processed_name(column: str) -> str:
+    """The name a raw column has in processed: Delta's refused characters (space, ``,;{}()=``,
+    tab, newline) become ``_`` — a CSV header ``Unit Price`` is the column ``Unit_Price``."""
+    return DELTA_REFUSED.sub("_", column)
+
+
 SPARK_TYPES = re.compile(
     r"^(string|boolean|tinyint|smallint|int|integer|bigint|long|float|double|date|timestamp|"
     r"timestamp_ntz|binary|decimal\(\d+,\s*\d+\)|array<.+>|map<.+>|struct<.+>)$"
@@ -250,6 +260,16 @@ class ProcessedModel(Strict):
         bad = [f"{c}: {t}" for c, t in columns.items() if not SPARK_TYPES.match(t.strip().lower())]
         if bad:
             raise ValueError(f"unknown Spark SQL type for {', '.join(bad)}")
+        refused = [c for c in columns if DELTA_REFUSED.search(c)]
+        if refused:
+            names = ("column " if len(refused) == 1 else "columns ") + ", ".join(
+                repr(c) for c in refused
+            )
+            raise ValueError(
+                f"{names}: Delta refuses spaces and ',;{{}}()=' in column names, so "
+                "processed names such a raw column with _ in their place; declare "
+                f"{', '.join(processed_name(c) for c in refused)}"
+            )
         return columns
 
     @model_validator(mode="after")

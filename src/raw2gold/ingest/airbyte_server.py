@@ -40,6 +40,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raw2gold.config.models import AirbyteServerSpec, LakeConfig, PipelineConfig, SourceConfig
+from raw2gold.errors import first_line
 from raw2gold.ingest.raw_writer import (
     EMPTY_META,
     INTEGER,
@@ -124,7 +125,7 @@ def cancel_job(hook: AirbyteHook, job_id: int, log: LogFn | None = None) -> bool
     try:
         hook.cancel_job(job_id=job_id)
     except Exception as exc:
-        say(f"could not cancel Airbyte job {job_id}: {str(exc).splitlines()[0][:200]}")
+        say(f"could not cancel Airbyte job {job_id}: {first_line(exc)[:200]}")
         return False
     say(f"cancelled Airbyte job {job_id}")
     return True
@@ -158,7 +159,7 @@ def wait_for_sync(
             errors += 1
             if errors >= MAX_POLL_ERRORS:
                 raise AirbyteJobError(
-                    job_id, connection_id, "unknown", str(exc).splitlines()[0][:200]
+                    job_id, connection_id, "unknown", first_line(exc)[:200]
                 ) from exc
             status = last
         if status == SUCCEEDED:

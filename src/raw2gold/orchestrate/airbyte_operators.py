@@ -22,6 +22,7 @@ from typing import Any
 from airflow.sdk import BaseOperator
 from airflow.sdk.exceptions import AirflowException, AirflowSkipException
 
+from raw2gold.errors import first_line
 from raw2gold.orchestrate.operators import raw_run_result, run_ids
 
 TRIGGER_POLL_BUFFER = 2  # poll intervals granted to the trigger past execution_timeout
@@ -193,7 +194,7 @@ class AirbyteServerSyncOperator(BaseOperator):
             self._defer(job_id, end_time, deadline)
         if kind == "error" and status in IN_PROGRESS:
             cancel_job(hook, job_id, self.log.info)
-        detail = str(event.get("message") or "").splitlines()[0][:200] if event else ""
+        detail = first_line(event.get("message") or "")[:200] if event else ""
         raise AirflowException(
             f"Airbyte job {job_id} of connection {spec.connection_id} ended with status "
             f"{status}: {detail}"

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import psutil
 
+from raw2gold.errors import first_line
 from raw2gold.orchestrate.local_run import DAGS_FOLDER, raw2gold_home
 
 log = logging.getLogger(__name__)
@@ -562,7 +563,7 @@ def stop_shared_spark_servers(spec: str, say: Callable[[str], Any]) -> int:
         try:
             config = load_pipeline(path)
         except (ConfigError, OSError) as exc:  # a file changed or removed since `up`
-            first = (str(exc).splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             say(f"{path}: not read ({first}): its Spark server left alone")
             continue
         if config.spark.mode == "local" and config.spark.server == "shared":

@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.loader import gold_order
 from raw2gold.config.models import PipelineConfig
+from raw2gold.errors import first_line
 from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.transform.delta import (
     commit_metadata,
@@ -560,7 +561,7 @@ def gold_delta_table(lake: Lake, table: str) -> Iterator[DeltaTable]:
             lake.uri(lake.gold_table(table)), storage_options=delta_storage_options(lake)
         )
     except DeltaError as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         raise PublishError(
             f"gold table {table}: its Delta log {lake.uri(lake.gold_table(table))}/_delta_log "
             f"cannot be read ({first}); check the lake's credentials, and that no file there "

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.loader import REF_IN_SQL
 from raw2gold.config.models import CheckConfig
+from raw2gold.errors import first_line
 from raw2gold.transform.delta import sql_literal
 
 if TYPE_CHECKING:
@@ -277,7 +278,7 @@ def run_check(
             + ("" if rebuilt is None else f"{'; ' if failing else ''}rebuilt groups checked"),
         )
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        first = first_line(exc)
         return CheckResult(
             table, label, check.type, check.severity, False, -1, [], f"check could not run: {first}"
         )

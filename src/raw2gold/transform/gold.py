@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.loader import REF_IN_SQL, gold_order, model_refs
-from raw2gold.config.models import PipelineConfig
+from raw2gold.config.models import DELTA_REFUSED, PipelineConfig, processed_name
 from raw2gold.errors import first_line
 from raw2gold.lake.layout import Lake
 from raw2gold.transform.delta import (
@@ -544,6 +544,19 @@ def _group_filtered(
     return filtered
 
 
+def _delta_names(config: PipelineConfig, table: str, columns: list[str]) -> None:
+    """Refuse, before anything is written, a Delta gold model's column name Delta would refuse
+    at publish (a space, ``,;{}()=``), naming the model's file and a name Delta takes."""
+    model = config.gold[table]
+    refused = [c for c in columns if DELTA_REFUSED.search(c)] if model.format == "delta" else []
+    if refused:
+        names = ", ".join(f"{c!r} (e.g. AS {processed_name(c)})" for c in refused)
+        raise GoldError(
+            f"gold {table}: Delta refuses spaces and ',;{{}}()=' in column names: rename "
+            f"{names} in {model.sql or model.python}, or publish it as format: parquet"
+        )
+
+
 def _write_staged(
     spark: SparkSession, config: PipelineConfig, run_id: str, table: str, ref: Ref
 ) -> dict[str, Any]:
@@ -551,6 +564,7 @@ def _write_staged(
     lake = Lake(config.lake)
     try:
         df = model_dataframe(spark, config, table, ref)
+        _delta_names(config, table, df.columns)
         df.write.mode("overwrite").parquet(lake.spark_uri(lake.staging_gold(run_id, table)))
         return written_schema(df.schema)
     except GoldError:
@@ -598,7 +612,7 @@ def _build_one(
         try:
             affected = _write_affected(spark, config, run_id, plan)
         except Exception as exc:  # e.g. no change data feed for these versions
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            first = first_line(exc)
             log.warning("gold %s: rebuilding in full, no usable change feed: %s", table, first)
             plan.mode, plan.reason = "full", f"no usable change feed ({first[:120]})"
         else:

@@ -38,7 +38,9 @@ rows keep their stored value, new rows get NULL. ``drop`` keeps only declared co
 raw is always an error. An overwrite (full refresh, snapshot streams) rebuilds the table with
 the columns its raw runs have now. Raw runs whose files differ in a column's type are read apart,
 that column as a type every run fits (bigint, double, else text); an undeclared column the table
-holds with another type is typed to the table's type like a declared column.
+holds with another type is typed to the table's type like a declared column. A raw column name
+Delta refuses (a space, ``,;{}()=``) is stored with ``_`` in their place (``Unit Price`` ->
+``Unit_Price``, :func:`~raw2gold.config.models.processed_name`).
 
 A raw file Spark cannot read stops the table with one line naming the file, its run and the way
 out (restore it, or delete the run's manifest).
@@ -63,7 +65,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from raw2gold.config.models import PipelineConfig, ProcessedModel
+from raw2gold.config.models import PipelineConfig, ProcessedModel, processed_name
 from raw2gold.errors import error_class, first_line, root_cause
 from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.transform.delta import (
@@ -138,6 +140,37 @@ def _cast(column: str, spark_type: str, source_type: str) -> str:
     if COMPLEX.match(spark_type.strip()) and source_type == "string":
         return f"from_json({name}, '{spark_type}')"
     return f"try_cast({name} AS {spark_type})"
+
+
+def with_processed_names(raw: DataFrame, table: str, source: str) -> DataFrame:
+    """The raw frame with its columns named as processed names them (:func:`processed_name`).
+
+    Two raw columns that would share a name are an error naming both.
+    """
+    renamed = {c: processed_name(c) for c in raw.columns}
+    changed = {c: n for c, n in renamed.items() if c != n}
+    if not changed:
+        return raw
+    owners: dict[str, list[str]] = {}
+    for column, name in renamed.items():
+        owners.setdefault(name, []).append(column)
+    for name, columns in owners.items():
+        if len(columns) > 1:
+            raise ProcessedError(
+                f"processed {table}: raw columns {' and '.join(repr(c) for c in columns)} of "
+                f"{source} would both be {name} in processed (Delta refuses spaces and "
+                "',;{}()=' in column names, so they become _); rename one at the source"
+            )
+    log.info(
+        "processed %s: raw column(s) %s of %s stored as %s",
+        table,
+        ", ".join(repr(c) for c in changed),
+        source,
+        ", ".join(changed.values()),
+    )
+    from pyspark.sql import functions as F
+
+    return raw.select(*[F.col(quote(c)).alias(n) for c, n in renamed.items()])
 
 
 def extra_columns(raw: DataFrame, model: ProcessedModel, table: str) -> list[str]:
@@ -221,19 +254,19 @@ def typed_with_reasons(
     for column, spark_type in {**model.columns, **retyped}.items():
         cast = _cast(column, spark_type, source_types[column])
         typed_exprs.append(F.expr(cast).alias(column))
-        bad = F.col(column).isNotNull() & F.expr(cast).isNull()
+        bad = F.col(quote(column)).isNotNull() & F.expr(cast).isNull()
         if deleting is not None and column not in needed:
             bad = bad & ~deleting
         message = F.concat(
             F.lit(f"column {column}: cannot cast "),
-            F.coalesce(F.col(column).cast("string"), F.lit("?")),
+            F.coalesce(F.col(quote(column)).cast("string"), F.lit("?")),
             F.lit(f" to {spark_type}"),
         )
         failed.append(bad)
         reasons.append(F.when(bad, message))
     for key in model.primary_key:
-        failed.append(F.col(key).isNull())
-        reasons.append(F.when(F.col(key).isNull(), F.lit(f"primary key {key} is null")))
+        failed.append(F.col(quote(key)).isNull())
+        reasons.append(F.when(F.col(quote(key)).isNull(), F.lit(f"primary key {key} is null")))
     # One boolean per row, compiled with the casts; the reasons array (a higher-order function,
     # evaluated row by row without code generation) and the raw record only for bad rows.
     any_failed = functools.reduce(operator.or_, failed)
@@ -277,9 +310,9 @@ def deduplicate(df: DataFrame, model: ProcessedModel) -> DataFrame:
 
     order = []
     if model.cursor:
-        order.append(F.col(model.cursor).desc_nulls_last())
+        order.append(F.col(quote(model.cursor)).desc_nulls_last())
     order += [F.col("_airbyte_extracted_at").desc_nulls_last(), F.col("_airbyte_raw_id").desc()]
-    window = Window.partitionBy(*[F.col(k) for k in model.primary_key]).orderBy(*order)
+    window = Window.partitionBy(*[F.col(quote(k)) for k in model.primary_key]).orderBy(*order)
     return (
         df.withColumn("_raw2gold_rank", F.row_number().over(window))
         .where("_raw2gold_rank = 1")
@@ -727,6 +760,7 @@ def _process_table(
         result.duration_seconds = round(time.monotonic() - started, 3)
         return result
 
+    raw = with_processed_names(raw, table, model.source)
     deleted = deletion_condition(raw, model, table)
     # the table's column types, which a MERGE casts into (an undeclared column included)
     stored = dict(spark.read.format("delta").load(uri).dtypes) if not overwrite else {}

@@ -1,0 +1,158 @@
+"""Source column names Delta refuses (a CSV header `Unit Price`): processed names them with _."""
+
+from __future__ import annotations
+
+import csv
+from collections import Counter
+from datetime import UTC, datetime
+from decimal import Decimal
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import pytest
+import yaml
+
+from raw2gold.config.loader import load_pipeline
+from raw2gold.ingest import ingest_source
+from raw2gold.lake.layout import Lake
+from raw2gold.publish.publisher import gold_arrow_table
+from raw2gold.transform.job import StageError, run_stage
+from raw2gold.transform.processed import ProcessedError, build_processed
+from tests.ingest.conftest import FILE, read_raw
+from tests.transform.rawdata import shop_records, ts, users_pipeline, write_raw_run
+
+HEADER = ["SKU", "Unit Price", "In Stock", "Size (cm)", "a=b", "Weight.kg"]
+ROWS = [
+    ["a-1", "9.99", "true", "12", "x", "0.5"],
+    ["b-2", "12.50", "false", "40", "y", "1.25"],
+    ["c-3", "cheap", "true", "7", "w", "2"],  # a price that is not a number
+]
+
+
+def test_a_csv_with_spaces_and_brackets_in_its_header_reaches_processed(
+    tmp_path: Path, spark: Any
+) -> None:
+    """The real source-file connector lands the CSV with its header as it is; processed stores
+    `Unit Price` as Unit_Price (declared), `In Stock` and `Size (cm)` as In_Stock and Size__cm_
+    (kept, undeclared), where Delta refuses the raw names; `Weight.kg`, which Delta takes, keeps
+    its name (and, declared, is typed by it, not read as a field of a struct `Weight`)."""
+    data = tmp_path / "prices.csv"
+    with open(data, "w", newline="") as handle:
+        csv.writer(handle).writerows([HEADER, *ROWS])
+    pipeline = tmp_path / "pipeline.yaml"
+    source = {"dataset_name": "prices", "format": "csv", "url": str(data)}
+    pipeline.write_text(
+        yaml.safe_dump(
+            {
+                "name": "names",
+                "lake": {"uri": "./lake"},
+                "sources": {
+                    "shop_csv": {
+                        "connector": FILE,
+                        "config": {**source, "provider": {"storage": "local"}},
+                        "streams": [{"name": "prices", "sync_mode": "full_refresh"}],
+                    }
+                },
+                "processed": {
+                    "prices": {
+                        "source": "shop_csv.prices",
+                        "primary_key": ["SKU"],
+                        "columns": {
+                            "SKU": "string",
+                            "Unit_Price": "decimal(10,2)",
+                            "Weight.kg": "double",
+                        },
+                    }
+                },
+            }
+        )
+    )
+    config = load_pipeline(pipeline)
+    manifest = ingest_source(config, "shop_csv", "r1", "2026-11-26")
+    landed = read_raw(config, manifest["streams"]["prices"]["files"])
+    assert {"Unit Price", "In Stock", "Size (cm)", "a=b"} <= set(landed[0])
+
+    [result] = build_processed(spark, config, "run1")
+    assert (result.rows_read, result.rows_quarantined) == (3, 1)
+    lake = Lake(config.lake)
+    df = spark.read.format("delta").load(lake.spark_uri(lake.processed_table("prices")))
+    assert [c for c in df.columns if not c.startswith("_")] == [
+        "SKU",
+        "Unit_Price",
+        "Weight.kg",
+        "In_Stock",
+        "Size__cm_",
+        "a_b",
+    ]
+    rows = {r["SKU"]: r.asDict() for r in df.collect()}
+    expected = {row[0]: row for row in ROWS if row[1] != "cheap"}
+    assert sorted(rows) == sorted(expected)
+    for sku, row in expected.items():
+        got = rows[sku]
+        assert (got["Unit_Price"], got["a_b"]) == (Decimal(row[1]), row[4])
+        assert str(got["In_Stock"]).lower() == row[2]
+        assert int(got["Size__cm_"]) == int(row[3])
+        assert got["Weight.kg"] == float(row[5])
+    [bad] = spark.read.format("delta").load(lake.spark_uri("quarantine/prices")).collect()
+    assert bad["reason"] == "column Unit_Price: cannot cast cheap to decimal(10,2)"
+
+
+def test_two_raw_columns_that_would_share_a_name_stop_the_table_naming_both(
+    tmp_path: Path, spark: Any, shop_pipeline: Path
+) -> None:
+    lake_dir = tmp_path / "lake"
+    config = load_pipeline(shop_pipeline, str(lake_dir))
+    users = shop_records(users=3)["users"]
+    extra = {"Launch Year": pa.int64(), "Launch_Year": pa.int64()}
+    record = {**users[0], "updated_at": ts(5, 1), "Launch Year": 1, "Launch_Year": 2}
+    write_raw_run(
+        Lake(config.lake),
+        "faker",
+        "r1",
+        {"users": [record]},
+        datetime(2026, 2, 1, 6, tzinfo=UTC),
+        extra_fields=extra,
+    )
+    with pytest.raises(ProcessedError) as caught:
+        build_processed(spark, config, "run1", tables=["users"])
+    assert str(caught.value) == (
+        "processed users: raw columns 'Launch Year' and 'Launch_Year' of faker.users would both "
+        "be Launch_Year in processed (Delta refuses spaces and ',;{}()=' in column names, so "
+        "they become _); rename one at the source"
+    )
+    assert not (lake_dir / "processed" / "users").exists()
+
+
+@pytest.mark.parametrize("fmt", ["delta", "parquet"])
+def test_a_gold_column_name_delta_refuses_stops_the_build_naming_the_model(
+    tmp_path: Path, spark: Any, fmt: str
+) -> None:
+    """Delta would refuse `User Count` only at publish, after the checks: the gold build stops
+    first, naming the model's file and a name Delta takes. Parquet gold keeps the name."""
+    (tmp_path / "pipeline.yaml").write_text(
+        users_pipeline("names", f"  per_country:\n    sql: per_country.sql\n    format: {fmt}\n")
+    )
+    (tmp_path / "per_country.sql").write_text(
+        "SELECT nationality, COUNT(*) AS `User Count` FROM {{ ref('users') }} GROUP BY 1"
+    )
+    config = load_pipeline(tmp_path / "pipeline.yaml")
+    users = shop_records(users=6)["users"]
+    write_raw_run(
+        Lake(config.lake), "faker", "r1", {"users": users}, datetime(2026, 4, 1, tzinfo=UTC)
+    )
+    run_stage(config, "processed", "run1", spark=spark)
+    if fmt == "delta":
+        with pytest.raises(StageError) as caught:
+            run_stage(config, "gold", "run1", spark=spark)
+        assert str(caught.value) == (
+            "gold per_country: Delta refuses spaces and ',;{}()=' in column names: rename "
+            "'User Count' (e.g. AS User_Count) in per_country.sql, or publish it as "
+            "format: parquet"
+        )
+        return
+    for stage in ("gold", "check", "publish"):
+        assert run_stage(config, stage, "run1", spark=spark)["status"] == "succeeded"
+    counts = Counter(u["nationality"] for u in users)
+    published = gold_arrow_table(config, "per_country").to_pylist()
+    assert {r["nationality"]: r["User Count"] for r in published} == counts
