@@ -27,6 +27,9 @@ Per processed table:
   digest of every value) equals the one the table's last overwrite recorded. The table keeps
   its version, so the gold models that read it are not rebuilt.
 * ``full_refresh=True`` rebuilds an incremental table from all committed raw runs (overwrite).
+* **No records** (a raw run whose manifest lists no file for the stream): a new table is created
+  empty with its declared columns, so gold can read it; an empty newest snapshot empties its
+  table; an incremental table is left as it is.
 
 **Schema drift** (``extra_columns``, default ``keep``). A raw column that is not declared in
 ``columns`` (and is not Airbyte/raw2gold metadata) is carried into processed with its raw type,
@@ -301,6 +304,14 @@ def _add_new_columns(
             "processed %s: new source column(s) %s added", table, ", ".join(f.name for f in new)
         )
     return [f.name for f in new]
+
+
+def _no_rows(spark: SparkSession, model: ProcessedModel) -> DataFrame:
+    """A table's rows when its raw runs hold none: the declared columns, typed, and metadata."""
+    declared = [f"{quote(c)} {kind}" for c, kind in model.columns.items()]
+    return spark.createDataFrame(
+        [], ", ".join([*declared, "_raw2gold_run_id string", f"{EXTRACTED_AT} timestamp"])
+    )
 
 
 def deduplicate(df: DataFrame, model: ProcessedModel) -> DataFrame:
@@ -751,46 +762,55 @@ def _process_table(
     result = ProcessedResult(table, "unchanged", raw_runs=[m["run_id"] for m in pending])
     result.previous_version = log_version(lake, relative) if exists else -1
     raw = _read_raw(spark, lake, table, stream_name, pending) if pending else None
-    if raw is None:
-        if pending:
-            log.warning("processed %s: raw runs %s hold no files", table, result.raw_runs)
+    if pending and raw is None:
+        log.warning("processed %s: raw runs %s hold no records", table, result.raw_runs)
+    # No records: a new table is created empty (gold can read it), and an empty newest snapshot
+    # empties its table, as Airbyte's overwrite does; an incremental table has nothing to add.
+    if raw is None and not (pending and overwrite):
         if exists:
             result.delta_version = log_version(lake, relative)
             result.rows = table_rows(spark, lake, relative, result.delta_version)
         result.duration_seconds = round(time.monotonic() - started, 3)
         return result
 
-    raw = with_processed_names(raw, table, model.source)
-    deleted = deletion_condition(raw, model, table)
-    # the table's column types, which a MERGE casts into (an undeclared column included)
-    stored = dict(spark.read.format("delta").load(uri).dtypes) if not overwrite else {}
-    typed, columns = typed_with_reasons(
-        raw, model, table, extra_columns(raw, model, table), deleted, stored
-    )
-    typed = typed.cache()
+    typed = None
+    deleted = None
     try:
-        well_typed = F.size("_raw2gold_reasons") == 0
-        ranges, read_ranges = key_bounds(bound_keys(typed, model.primary_key), well_typed)
-        deletions = [F.sum(F.when(well_typed & F.col(DELETED), 1).otherwise(0))] if deleted else []
-        counts = typed.agg(
-            F.count(F.lit(1)).alias("n"),
-            F.sum(F.when(F.size("_raw2gold_reasons") > 0, 1).otherwise(0)).alias("bad"),
-            *[d.alias("deletions") for d in deletions],
-            *ranges,
-        ).collect()[0]
-        result.rows_read = int(counts["n"])
-        result.rows_quarantined = int(counts["bad"] or 0)
-        if result.rows_quarantined:
-            _quarantine(spark, lake, table, typed.where(F.size("_raw2gold_reasons") > 0), run_id)
-            log.warning("processed %s: %d row(s) quarantined", table, result.rows_quarantined)
-        good = typed.where(well_typed)
-        latest = deduplicate(good, model).select(
-            *[quote(c) for c in columns], *META_COLUMNS, *([DELETED] if deleted else [])
-        )
-        if deleted and not snapshot:
-            latest = _keep_deletions(
-                spark, lake, table, model, latest, int(counts["deletions"] or 0), overwrite
+        if raw is None:
+            latest = _no_rows(spark, model)
+        else:
+            raw = with_processed_names(raw, table, model.source)
+            deleted = deletion_condition(raw, model, table)
+            # the table's column types, which a MERGE casts into (an undeclared column included)
+            stored = dict(spark.read.format("delta").load(uri).dtypes) if not overwrite else {}
+            typed, columns = typed_with_reasons(
+                raw, model, table, extra_columns(raw, model, table), deleted, stored
             )
+            typed = typed.cache()
+            well_typed = F.size("_raw2gold_reasons") == 0
+            ranges, read_ranges = key_bounds(bound_keys(typed, model.primary_key), well_typed)
+            deletions = (
+                [F.sum(F.when(well_typed & F.col(DELETED), 1).otherwise(0))] if deleted else []
+            )
+            counts = typed.agg(
+                F.count(F.lit(1)).alias("n"),
+                F.sum(F.when(F.size("_raw2gold_reasons") > 0, 1).otherwise(0)).alias("bad"),
+                *[d.alias("deletions") for d in deletions],
+                *ranges,
+            ).collect()[0]
+            result.rows_read = int(counts["n"])
+            result.rows_quarantined = int(counts["bad"] or 0)
+            if result.rows_quarantined:
+                bad = typed.where(F.size("_raw2gold_reasons") > 0)
+                _quarantine(spark, lake, table, bad, run_id)
+                log.warning("processed %s: %d row(s) quarantined", table, result.rows_quarantined)
+            latest = deduplicate(typed.where(well_typed), model).select(
+                *[quote(c) for c in columns], *META_COLUMNS, *([DELETED] if deleted else [])
+            )
+            if deleted and not snapshot:
+                latest = _keep_deletions(
+                    spark, lake, table, model, latest, int(counts["deletions"] or 0), overwrite
+                )
         seen = sorted(set(all_ids if snapshot else []) | done | set(result.raw_runs))
         metadata: dict[str, Any] = {
             "raw2gold_run_id": run_id,
@@ -827,7 +847,8 @@ def _process_table(
             bounds = read_ranges(counts)
             _merge_or_append(spark, lake, relative, model, latest, metadata, result, bounds)
     finally:
-        typed.unpersist()
+        if typed is not None:
+            typed.unpersist()
     result.delta_version = log_version(lake, relative)
     if result.mode in ("overwrite", "append"):
         commit = log_commit(lake, relative, result.delta_version) or {}
