@@ -7,7 +7,7 @@ from typing import Any
 
 import pytest
 
-from raw2gold.errors import error_class, first_line, root_cause
+from raw2gold.errors import described, error_class, first_line, root_cause
 from raw2gold.orchestrate.notify import one_line
 
 
@@ -36,3 +36,17 @@ def test_other_errors_give_their_first_non_empty_line_or_their_type() -> None:
     )
     assert error_class(ValueError("no class [here]")) is None
     assert one_line(None) == ""
+
+
+def test_an_error_from_user_code_is_led_by_its_type_and_names_its_line(tmp_path: Path) -> None:
+    model = tmp_path / "model.py"
+    model.write_text("def build():\n    rates = {}\n    return rates['USD']\n")
+    namespace: dict[str, Any] = {}
+    exec(compile(model.read_text(), str(model), "exec"), namespace)
+    with pytest.raises(KeyError) as excinfo:
+        namespace["build"]()
+    assert described(excinfo.value, str(model)) == "KeyError: 'USD' (at model.py:3)"
+    assert described(excinfo.value) == "KeyError: 'USD'"
+    assert described(KeyError()) == "KeyError"
+    spark_error = RuntimeError("[PATH_NOT_FOUND] Path does not exist: x. SQLSTATE: 42K03")
+    assert described(spark_error) == str(spark_error)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import re
+import traceback
 
 # Spark's error classes lead its messages: "[FAILED_READ_FILE.CANNOT_READ_FILE_FOOTER] ..."
 ERROR_CLASS = re.compile(r"\[([A-Z][A-Z0-9_]*(?:\.[A-Z][A-Z0-9_]*)*)\]")
@@ -48,3 +50,23 @@ def error_class(error: object) -> str | None:
     """Spark's error class of an error (``FAILED_READ_FILE.NO_HINT``), when it names one."""
     match = ERROR_CLASS.search(_java_message(error) or str(error or ""))
     return match.group(1) if match else None
+
+
+def described(error: BaseException, in_file: str | None = None) -> str:
+    """:func:`first_line` of an error raised by user code: a Python error led by its type
+    (``KeyError: 'price'`` rather than ``'price'``; Spark's errors name their class already),
+    and with ``in_file`` the line of that file the error came from (``models/top.py:12``)."""
+    text = first_line(error)
+    spark_error = _java_message(error) is not None or error_class(error) is not None
+    if not spark_error and text != type(error).__name__:
+        text = f"{type(error).__name__}: {text}"
+    if in_file:
+        target = os.path.realpath(in_file)
+        lines = [
+            frame.lineno
+            for frame in traceback.extract_tb(error.__traceback__)
+            if os.path.realpath(frame.filename) == target
+        ]
+        if lines:
+            text += f" (at {os.path.basename(in_file)}:{lines[-1]})"
+    return text

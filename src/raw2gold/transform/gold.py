@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.loader import REF_IN_SQL, gold_order, model_refs
 from raw2gold.config.models import DELTA_REFUSED, PipelineConfig, processed_name
-from raw2gold.errors import first_line
+from raw2gold.errors import described, first_line
 from raw2gold.lake.layout import Lake
 from raw2gold.transform.delta import (
     NO_DATA_CHANGE,
@@ -570,7 +570,9 @@ def _write_staged(
     except GoldError:
         raise
     except Exception as exc:
-        raise GoldError(f"gold {table} failed: {first_line(exc)}") from exc
+        python = config.gold[table].python
+        module = str(config.base_dir / python.partition(":")[0]) if python else None
+        raise GoldError(f"gold {table} failed: {described(exc, module)}") from exc
 
 
 def build_gold(
