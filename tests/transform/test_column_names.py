@@ -20,7 +20,7 @@ from raw2gold.publish.publisher import gold_arrow_table
 from raw2gold.transform.job import StageError, run_stage
 from raw2gold.transform.processed import ProcessedError, build_processed
 from tests.ingest.conftest import FILE, read_raw
-from tests.transform.rawdata import shop_records, ts, users_pipeline, write_raw_run
+from tests.transform.rawdata import shop_records, ts, users_pipeline, with_processed, write_raw_run
 
 HEADER = ["SKU", "Unit Price", "In Stock", "Size (cm)", "a=b", "Weight.kg"]
 ROWS = [
@@ -117,9 +117,9 @@ def test_two_raw_columns_that_would_share_a_name_stop_the_table_naming_both(
     with pytest.raises(ProcessedError) as caught:
         build_processed(spark, config, "run1", tables=["users"])
     assert str(caught.value) == (
-        "processed users: raw columns 'Launch Year' and 'Launch_Year' of faker.users would both "
-        "be Launch_Year in processed (Delta refuses spaces and ',;{}()=' in column names, so "
-        "they become _); rename one at the source"
+        "processed users: raw columns 'Launch Year' and 'Launch_Year' of faker.users would be "
+        "one column in processed (Spark and Delta ignore case in column names, and Delta "
+        "refuses spaces and ',;{}()=', which become _); rename one at the source"
     )
     assert not (lake_dir / "processed" / "users").exists()
 
@@ -156,3 +156,44 @@ def test_a_gold_column_name_delta_refuses_stops_the_build_naming_the_model(
     counts = Counter(u["nationality"] for u in users)
     published = gold_arrow_table(config, "per_country").to_pylist()
     assert {r["nationality"]: r["User Count"] for r in published} == counts
+
+
+def test_raw_columns_that_differ_only_in_case_and_a_declared_name_in_another_case(
+    tmp_path: Path, spark: Any, shop_pipeline: Path
+) -> None:
+    """Spark cannot read a raw file with `email` and `EMAIL` (COLUMN_ALREADY_EXISTS, naming
+    neither the table nor the file); a declared `Nationality` when raw has `nationality` names
+    the raw column it may mean."""
+    config = load_pipeline(shop_pipeline, str(tmp_path / "lake"))
+    lake = Lake(config.lake)
+    users = [{**u, "EMAIL": u["email"].upper()} for u in shop_records(users=3)["users"]]
+    write_raw_run(
+        lake,
+        "faker",
+        "r1",
+        {"users": users},
+        datetime(2026, 2, 1, tzinfo=UTC),
+        None,
+        {"EMAIL": pa.string()},
+    )
+    with pytest.raises(ProcessedError) as caught:
+        build_processed(spark, config, "run1", tables=["users"])
+    assert str(caught.value).startswith(
+        "processed users: raw columns 'email' and 'EMAIL' of faker.users (raw file "
+        "raw/faker/users/ingest_date=2026-02-01/run_id=r1/part-00000.parquet) would be one "
+        "column in processed"
+    )
+
+    lake.delete_file(Lake.raw_manifest("faker", "r1"))
+    write_raw_run(lake, "faker", "r2", {"users": users}, datetime(2026, 2, 2, tzinfo=UTC))
+    columns = dict(config.processed["users"].columns)
+    columns["Nationality"] = columns.pop("nationality")
+    renamed = with_processed(config, "users", columns=columns)
+    with pytest.raises(ProcessedError) as caught:
+        build_processed(spark, renamed, "run2", tables=["users"])
+    assert str(caught.value) == (
+        "processed users: raw data of faker.users has no column(s) Nationality (declared in "
+        "columns; raw has nationality)"
+    )
+    [result] = build_processed(spark, config, "run2", tables=["users"])
+    assert result.rows == 3

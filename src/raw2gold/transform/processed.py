@@ -57,6 +57,7 @@ and ``_airbyte_extracted_at`` (when the connector read it).
 
 from __future__ import annotations
 
+import difflib
 import functools
 import hashlib
 import json
@@ -145,25 +146,31 @@ def _cast(column: str, spark_type: str, source_type: str) -> str:
     return f"try_cast({name} AS {spark_type})"
 
 
+def one_column_error(table: str, source: str, columns: list[str], where: str = "") -> str:
+    """What to tell when raw columns would be one column in processed (case, refused chars)."""
+    return (
+        f"processed {table}: raw columns {' and '.join(repr(c) for c in columns)} of "
+        f"{source}{where} would be one column in processed (Spark and Delta ignore case in "
+        "column names, and Delta refuses spaces and ',;{}()=', which become _); rename one at "
+        "the source"
+    )
+
+
 def with_processed_names(raw: DataFrame, table: str, source: str) -> DataFrame:
     """The raw frame with its columns named as processed names them (:func:`processed_name`).
 
     Two raw columns that would share a name are an error naming both.
     """
     renamed = {c: processed_name(c) for c in raw.columns}
+    owners: dict[str, list[str]] = {}
+    for column, name in renamed.items():
+        owners.setdefault(name.lower(), []).append(column)
+    for columns in owners.values():
+        if len(columns) > 1:
+            raise ProcessedError(one_column_error(table, source, columns))
     changed = {c: n for c, n in renamed.items() if c != n}
     if not changed:
         return raw
-    owners: dict[str, list[str]] = {}
-    for column, name in renamed.items():
-        owners.setdefault(name, []).append(column)
-    for name, columns in owners.items():
-        if len(columns) > 1:
-            raise ProcessedError(
-                f"processed {table}: raw columns {' and '.join(repr(c) for c in columns)} of "
-                f"{source} would both be {name} in processed (Delta refuses spaces and "
-                "',;{}()=' in column names, so they become _); rename one at the source"
-            )
     log.info(
         "processed %s: raw column(s) %s of %s stored as %s",
         table,
@@ -220,6 +227,21 @@ def deletion_condition(raw: DataFrame, model: ProcessedModel, table: str) -> str
     return condition
 
 
+def _raw_names_hint(missing: list[str], names: list[str]) -> str:
+    """The raw columns a missing declared column may mean (another case, a close spelling),
+    else the raw data columns."""
+    data = [n for n in names if not n.startswith(("_airbyte_", "_raw2gold_"))]
+    close = []
+    for column in missing:
+        close += [n for n in data if n.lower() == column.lower()] or difflib.get_close_matches(
+            column, data, n=1
+        )
+    if close:
+        return f"raw has {', '.join(close)}"
+    shown = ", ".join(data[:30]) + (", ..." if len(data) > 30 else "")
+    return f"raw has {shown}" if data else "raw has no data columns"
+
+
 def typed_with_reasons(
     raw: DataFrame,
     model: ProcessedModel,
@@ -242,7 +264,7 @@ def typed_with_reasons(
     if missing:
         raise ProcessedError(
             f"processed {table}: raw data of {model.source} has no column(s) "
-            f"{', '.join(missing)} (declared in columns)"
+            f"{', '.join(missing)} (declared in columns; {_raw_names_hint(missing, raw.columns)})"
         )
     typed_exprs = []
     reasons: list[Column] = []
@@ -408,8 +430,10 @@ def raw_files(manifest: dict[str, Any], stream: str) -> list[str]:
 
 
 def _read_raw(
-    spark: SparkSession, lake: Lake, table: str, stream: str, manifests: list[dict[str, Any]]
+    spark: SparkSession, lake: Lake, table: str, source: str, manifests: list[dict[str, Any]]
 ) -> DataFrame | None:
+    """The raw runs' records of the table's ``<source>.<stream>`` (None: the runs hold none)."""
+    stream = source.partition(".")[2]
     paths = [path for manifest in manifests for path in raw_files(manifest, stream)]
     if not paths:
         return None
@@ -421,10 +445,27 @@ def _read_raw(
     try:
         merged = spark.read.option("mergeSchema", "true").parquet(*files).schema
     except Exception as exc:
+        if error_class(exc) == "COLUMN_ALREADY_EXISTS":
+            raise ProcessedError(_same_column_in_any_case(lake, table, source, paths)) from exc
         if error_class(exc) != "CANNOT_MERGE_SCHEMAS":
             raise
         return _read_raw_types_apart(spark, lake, table, paths)
     return spark.read.schema(merged).parquet(*files)
+
+
+def _same_column_in_any_case(lake: Lake, table: str, source: str, paths: list[str]) -> str:
+    """The message for raw files Spark cannot read because two of their columns differ only in
+    case (``email`` and ``EMAIL``): the first file with such columns, from its footer."""
+    import pyarrow.parquet as pq
+
+    for path in paths:
+        with lake.fs.open_input_file(lake.path(path)) as handle:
+            names = pq.read_schema(handle).names
+        for name in names:
+            same = [n for n in names if n.lower() == name.lower()]
+            if len(same) > 1:
+                return one_column_error(table, source, same, f" (raw file {path})")
+    return f"processed {table}: raw columns of {source} differ only in case; rename them"
 
 
 def _read_raw_types_apart(
@@ -761,7 +802,7 @@ def _process_table(
         overwrite = full_refresh or not exists
     result = ProcessedResult(table, "unchanged", raw_runs=[m["run_id"] for m in pending])
     result.previous_version = log_version(lake, relative) if exists else -1
-    raw = _read_raw(spark, lake, table, stream_name, pending) if pending else None
+    raw = _read_raw(spark, lake, table, model.source, pending) if pending else None
     if pending and raw is None:
         log.warning("processed %s: raw runs %s hold no records", table, result.raw_runs)
     # No records: a new table is created empty (gold can read it), and an empty newest snapshot
