@@ -20,7 +20,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from raw2gold.config import ConfigError, PipelineConfig, load_pipeline
-from raw2gold.errors import first_line
+from raw2gold.errors import Raw2GoldError, first_line
 from raw2gold.process_exit import exit_now
 
 
@@ -495,6 +495,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         err.print("raw2gold: interrupted")
         return 130
+    except Raw2GoldError as exc:  # its message is for people already
+        if args.verbose:
+            traceback.print_exc()
+        err.print(f"[red]raw2gold:[/red] {escape(first_line(exc))}", soft_wrap=True)
+        return 1
     except Exception as exc:  # noqa: BLE001 - one line for users, traceback on request
         if args.verbose:
             traceback.print_exc()

@@ -6,6 +6,12 @@ import os
 import re
 import traceback
 
+
+class Raw2GoldError(RuntimeError):
+    """An error whose message is written for people: one line saying what failed and what to do
+    (the command line prints it as it is; ``--verbose`` adds the traceback)."""
+
+
 # Spark's error classes lead its messages: "[FAILED_READ_FILE.CANNOT_READ_FILE_FOOTER] ..."
 ERROR_CLASS = re.compile(r"\[([A-Z][A-Z0-9_]*(?:\.[A-Z][A-Z0-9_]*)*)\]")
 SQLSTATE = re.compile(r"\s*SQLSTATE: \w+\s*$")

@@ -40,7 +40,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from raw2gold.config.models import AirbyteServerSpec, LakeConfig, PipelineConfig, SourceConfig
-from raw2gold.errors import first_line
+from raw2gold.errors import Raw2GoldError, first_line
 from raw2gold.ingest.raw_writer import (
     EMPTY_META,
     INTEGER,
@@ -83,7 +83,7 @@ LogFn = Callable[[str], None]
 READ_CHUNK = 1 << 20  # bytes of a JSONL/CSV destination file read at a time
 
 
-class AirbyteJobError(RuntimeError):
+class AirbyteJobError(Raw2GoldError):
     """An Airbyte job ended without success (one line: job id, connection, status)."""
 
     def __init__(self, job_id: int, connection_id: str, status: str, detail: str = ""):

@@ -30,6 +30,7 @@ import yaml
 
 from raw2gold.cache import cache_dir
 from raw2gold.config.models import ConnectorSpec
+from raw2gold.errors import Raw2GoldError
 
 logger = logging.getLogger("raw2gold.ingest")
 
@@ -37,7 +38,7 @@ MARKER = ".raw2gold-installed"
 INSTALL_TIMEOUT_SECONDS = 900
 
 
-class ConnectorInstallError(RuntimeError):
+class ConnectorInstallError(Raw2GoldError):
     """The connector could not be installed (one line, with the installer's last words)."""
 
 

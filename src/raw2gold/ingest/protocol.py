@@ -29,6 +29,8 @@ from typing import Any
 
 import orjson
 
+from raw2gold.errors import Raw2GoldError
+
 logger = logging.getLogger("raw2gold.ingest")
 
 LogFn = Callable[[str], None]
@@ -54,7 +56,7 @@ def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
     return flat if len(flat) <= limit else flat[: limit - 3] + "..."
 
 
-class ConnectorError(Exception):
+class ConnectorError(Raw2GoldError):
     """A connector failed. ``str()`` is one line: what failed, the connector's words, a hint."""
 
     def __init__(

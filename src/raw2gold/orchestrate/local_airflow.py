@@ -25,7 +25,7 @@ from typing import Any
 import httpx
 import psutil
 
-from raw2gold.errors import first_line
+from raw2gold.errors import Raw2GoldError, first_line
 from raw2gold.orchestrate.local_run import DAGS_FOLDER, raw2gold_home
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ ADMIN = "admin"
 INSTANCE_ENV = "RAW2GOLD_AIRFLOW_INSTANCE"
 
 
-class AirflowError(RuntimeError):
+class AirflowError(Raw2GoldError):
     """The local Airflow could not be started, reached or stopped."""
 
 

@@ -29,7 +29,7 @@ from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.loader import gold_order
 from raw2gold.config.models import PipelineConfig
-from raw2gold.errors import first_line
+from raw2gold.errors import Raw2GoldError, first_line
 from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.transform.delta import (
     commit_metadata,
@@ -68,8 +68,16 @@ MAX_PARTITIONS = 1000  # rebuilt partitions replaced by replaceWhere; more: by M
 BUILD_KEYS = ("mode", "reason", "inputs", "model_hash", "groups")  # recorded with each publish
 
 
-class PublishError(RuntimeError):
+class PublishError(Raw2GoldError):
     """Publishing is refused or failed; gold stays as it was."""
+
+
+def not_published(table: str) -> PublishError:
+    """The error for reading a gold table no run has published."""
+    return PublishError(
+        f"gold table {table} has not been published yet: a run publishes it "
+        "(raw2gold run, or the pipeline's DAG in Airflow)"
+    )
 
 
 @dataclass
@@ -521,11 +529,11 @@ def read_gold(spark: SparkSession, config: PipelineConfig, table: str) -> DataFr
     if config.gold[table].format == "delta":
         relative = lake.gold_table(table)
         if not is_delta(lake, relative):
-            raise PublishError(f"gold table {table} has not been published yet")
+            raise not_published(table)
         return spark.read.format("delta").load(lake.spark_uri(relative))
     pointer = current_pointer(lake, table)
     if pointer is None:
-        raise PublishError(f"gold table {table} has not been published yet")
+        raise not_published(table)
     return read_parquet(spark, lake.spark_uri(pointer["path"]), pointer.get("schema"))
 
 
@@ -576,12 +584,12 @@ def gold_arrow_table(config: PipelineConfig, table: str) -> pa.Table:
     lake = Lake(config.lake)
     if config.gold[table].format == "delta":
         if not is_delta(lake, lake.gold_table(table)):
-            raise PublishError(f"gold table {table} has not been published yet")
+            raise not_published(table)
         with gold_delta_table(lake, table) as delta:
             return delta.to_pyarrow_table()
     pointer = current_pointer(lake, table)
     if pointer is None:
-        raise PublishError(f"gold table {table} has not been published yet")
+        raise not_published(table)
     dataset = ds.dataset(
         lake.path(pointer["path"]), filesystem=lake.fs, format="parquet", partitioning="hive"
     )

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.loader import REF_IN_SQL
 from raw2gold.config.models import CheckConfig
-from raw2gold.errors import first_line
+from raw2gold.errors import Raw2GoldError, first_line
 from raw2gold.transform.delta import sql_literal
 
 if TYPE_CHECKING:
@@ -61,7 +61,7 @@ class CheckScope:
         return None
 
 
-class CheckFailed(RuntimeError):
+class CheckFailed(Raw2GoldError):
     """An error-severity check failed; ``results`` holds every result of the stage."""
 
     def __init__(self, message: str, results: list[CheckResult]):

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from raw2gold.config.models import PipelineConfig
+from raw2gold.errors import Raw2GoldError
 from raw2gold.lake.layout import Lake, utc_now
 
 log = logging.getLogger(__name__)
@@ -46,7 +47,7 @@ CONNECT_ENV = ("SPARK_CONNECT_MODE_ENABLED", "SPARK_REMOTE", "SPARK_LOCAL_REMOTE
 START_TIMEOUT = 180.0
 
 
-class ConnectServerError(RuntimeError):
+class ConnectServerError(Raw2GoldError):
     """The Spark Connect server could not start."""
 
 

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.loader import REF_IN_SQL, gold_order, model_refs
 from raw2gold.config.models import DELTA_REFUSED, PipelineConfig, processed_name
-from raw2gold.errors import described, first_line
+from raw2gold.errors import Raw2GoldError, described, first_line
 from raw2gold.lake.layout import Lake
 from raw2gold.transform.delta import (
     NO_DATA_CHANGE,
@@ -47,7 +47,7 @@ MAX_COLLECTED_GROUPS = 1_000_000
 _EXACT_TEXT = ("date", "decimal", "tinyint", "smallint", "int", "bigint", "string", "timestamp")
 
 
-class GoldError(RuntimeError):
+class GoldError(Raw2GoldError):
     """A gold model cannot be built; the message names the model."""
 
 

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.loader import load_pipeline
 from raw2gold.config.models import PipelineConfig
-from raw2gold.errors import first_line
+from raw2gold.errors import Raw2GoldError, first_line
 from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.process_exit import exit_now
 from raw2gold.quality.checks import (
@@ -57,7 +57,7 @@ RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")
 SUMMARY_PREFIX = "RAW2GOLD_SUMMARY "
 
 
-class StageError(RuntimeError):
+class StageError(Raw2GoldError):
     """A stage failed; ``summary`` is what was written to the lake."""
 
     def __init__(self, message: str, summary: dict[str, Any]):

@@ -70,7 +70,7 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.models import PipelineConfig, ProcessedModel, processed_name
-from raw2gold.errors import error_class, first_line, root_cause
+from raw2gold.errors import Raw2GoldError, error_class, first_line, root_cause
 from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.transform.delta import (
     NO_DATA_CHANGE,
@@ -106,7 +106,7 @@ COMPLEX = re.compile(r"^(array|map|struct)<", re.IGNORECASE)
 READ_FAILURES = {"FAILED_READ_FILE", "PATH_NOT_FOUND"}
 
 
-class ProcessedError(RuntimeError):
+class ProcessedError(Raw2GoldError):
     """A processed table cannot be built (missing column, unreadable raw data, ...)."""
 
 

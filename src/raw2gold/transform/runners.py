@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from raw2gold.config.models import PipelineConfig
-from raw2gold.errors import first_line
+from raw2gold.errors import Raw2GoldError, first_line
 from raw2gold.transform.connect import CONNECT_ENV
 
 if TYPE_CHECKING:
@@ -49,7 +49,7 @@ class Log(Protocol):
     def error(self, msg: Any, /, *args: Any) -> Any: ...
 
 
-class StageRunError(RuntimeError):
+class StageRunError(Raw2GoldError):
     """The stage (or getting it started) failed; the message is one line with the fix."""
 
 

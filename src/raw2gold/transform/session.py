@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from raw2gold.config.models import PipelineConfig
+from raw2gold.errors import Raw2GoldError
 from raw2gold.lake.layout import Lake
 from raw2gold.transform.connect import REMOTE_ENV
 from raw2gold.transform.jars import jar_conf
@@ -57,7 +58,7 @@ ALWAYS = {
 SECRET_MARKERS = ("secret", "access.key", "session.token", "password")
 
 
-class SparkSetupError(RuntimeError):
+class SparkSetupError(Raw2GoldError):
     """Spark cannot start here (no Java, bad jar pairing, ...); the message says what to do."""
 
 
