@@ -1,11 +1,15 @@
 """Config validation: good files load, bad files report every problem with its line and a hint."""
 
+from datetime import datetime
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import pytest
 
 from raw2gold.cli import main
 from raw2gold.config import ConfigError, gold_order, load_pipeline, model_refs
+from raw2gold.config.models import AIRFLOW_PRESETS
+from raw2gold.orchestrate.dag_factory import build_dag
 
 GOOD_SOURCE = """
 sources:
@@ -173,6 +177,62 @@ def test_a_declared_column_name_delta_refuses_names_the_one_to_declare(tmp_path:
         "spaces and ',;{}()=' in column names, so processed names such a raw column with _ in "
         "their place; declare Unit_Price, Size__cm_"
     )
+
+
+def test_schedule_timezone_and_start_date_are_checked_with_their_lines(tmp_path: Path) -> None:
+    """A schedule, time zone or start date Airflow cannot take is a validation problem with its
+    line (validate passed them; Airflow found out only when it imported the DAG file, and an
+    unquoted 2026-13-01 crashed the YAML parser); an unquoted YAML date is a start date."""
+    pipeline = "name: p\n" + GOOD_SOURCE + "orchestration:\n"
+    path = write(
+        tmp_path,
+        pipeline
+        + "  schedule: every day at 5\n  timezone: Mars/Olympus\n  start_date: 2026-13-01\n",
+    )
+    assert problems_of(path) == [
+        f"{path}:9: orchestration.schedule: schedule 'every day at 5' is not a cron expression "
+        "of 5 fields (minute hour day month weekday: '0 5 * * *' is 05:00 every day) or a "
+        "preset (@hourly, @daily, @weekly, @monthly, @quarterly, @yearly, @once, @continuous); "
+        "null for manual runs only",
+        f"{path}:10: orchestration.timezone: unknown time zone 'Mars/Olympus': give an IANA name "
+        "such as UTC or Europe/Madrid",
+        f"{path}:11: orchestration.start_date: start_date '2026-13-01' is not a date: give "
+        "YYYY-MM-DD or an ISO 8601 date-time (2026-01-01T05:00)",
+    ]
+    path = write(tmp_path, pipeline + "  schedule: '0 0 5 * * *'\n")
+    (problem,) = problems_of(path)
+    assert "schedule '0 0 5 * * *' has 6 fields: give a cron expression of 5 fields" in problem
+    for schedule in ["'30 5 * * 1-5'", "'@quarterly'", "'@continuous'", "null"]:
+        path = write(
+            tmp_path,
+            pipeline + f"  schedule: {schedule}\n  timezone: Europe/Madrid\n"
+            "  start_date: 2026-03-01\n",
+        )
+        orchestration = load_pipeline(path).orchestration
+        assert orchestration.start_date == "2026-03-01"
+        madrid = datetime(2026, 3, 1, tzinfo=ZoneInfo("Europe/Madrid"))
+        assert build_dag(load_pipeline(path)).start_date == madrid
+
+
+def test_dates_in_a_connector_config_reach_it_as_written(tmp_path: Path) -> None:
+    """YAML would read an unquoted 2024-01-01T00:00:00Z as a datetime, which the connector's
+    JSON config then carried as 2024-01-01T00:00:00+00:00 (refused by connectors whose spec
+    pattern ends in Z)."""
+    source = GOOD_SOURCE.replace(
+        "    streams:",
+        "    config: {start_date: 2024-01-01T00:00:00Z, end: 2024-02-01}\n    streams:",
+    )
+    config = load_pipeline(write(tmp_path, "name: p\n" + source))
+    assert config.sources["faker"].config == {
+        "start_date": "2024-01-01T00:00:00Z",
+        "end": "2024-02-01",
+    }
+
+
+def test_the_cron_presets_are_airflows() -> None:
+    from airflow.sdk.definitions.timetables._cron import CRON_PRESETS
+
+    assert AIRFLOW_PRESETS == CRON_PRESETS
 
 
 def test_yaml_syntax_error_names_the_line(tmp_path: Path) -> None:

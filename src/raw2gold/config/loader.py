@@ -53,7 +53,19 @@ class ConfigError(Exception):
         super().__init__(first + more)
 
 
-class _LineLoader(yaml.SafeLoader):
+class _TextDates(yaml.SafeLoader):
+    """YAML's safe loader, except that dates and times stay the text they are written as: a
+    connector's ``start_date: 2024-01-01T00:00:00Z`` reaches it so, not re-written from a
+    datetime as ``+00:00`` (which connectors' patterns refuse), and ``2026-13-01`` is a value
+    validation names, not a crash of the parser."""
+
+    yaml_implicit_resolvers = {
+        first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:timestamp"]
+        for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
+    }
+
+
+class _LineLoader(_TextDates):
     """A YAML loader that remembers the line of every mapping key and sequence item."""
 
 
@@ -123,7 +135,7 @@ def read_pipeline_yaml(path: Path) -> tuple[dict[str, Any], dict[tuple[str, ...]
         )
     text = path.read_text(encoding="utf-8")
     try:
-        data = yaml.safe_load(text)
+        data = yaml.load(text, Loader=_TextDates)  # a safe loader: dates stay text
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         line = mark.line + 1 if mark is not None else None

@@ -7,6 +7,7 @@ exist, references resolve, no cycles) live in :mod:`raw2gold.config.loader`.
 from __future__ import annotations
 
 import re
+from datetime import date, datetime
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -216,6 +217,15 @@ class CheckConfig(Strict):
         return f"{self.type}({detail})" if detail else self.type
 
 
+# Airflow's cron presets (airflow.sdk.definitions.timetables._cron.CRON_PRESETS)
+AIRFLOW_PRESETS = {
+    "@hourly": "0 * * * *",
+    "@daily": "0 0 * * *",
+    "@weekly": "0 0 * * 0",
+    "@monthly": "0 0 1 * *",
+    "@quarterly": "0 0 1 */3 *",
+    "@yearly": "0 0 1 1 *",
+}
 # Characters Delta refuses in a column name (without column mapping): processed writes _ instead.
 DELTA_REFUSED = re.compile(r"[ ,;{}()\n\t=]")
 
@@ -450,6 +460,54 @@ class OrchestrationConfig(Strict):
         "(an Airflow deadline alert); null = off",
     )
     tags: list[str] = []
+
+    @field_validator("schedule")
+    @classmethod
+    def _known_schedule(cls, schedule: str | None) -> str | None:
+        if schedule is None or schedule in ("@once", "@continuous"):
+            return schedule
+        from croniter import croniter
+
+        hint = (
+            "a cron expression of 5 fields (minute hour day month weekday: '0 5 * * *' is 05:00 "
+            f"every day) or a preset ({', '.join(AIRFLOW_PRESETS)}, @once, @continuous); "
+            "null for manual runs only"
+        )
+        try:
+            fields = croniter(AIRFLOW_PRESETS.get(schedule, schedule)).expanded
+        except Exception as exc:  # croniter's errors for a bad expression vary in type
+            raise ValueError(f"schedule {schedule!r} is not {hint}") from exc
+        if len(fields) > 5:
+            raise ValueError(f"schedule {schedule!r} has {len(fields)} fields: give {hint}")
+        return schedule
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, timezone: str) -> str:
+        from zoneinfo import ZoneInfo
+
+        try:
+            ZoneInfo(timezone)
+        except (KeyError, ValueError, OSError) as exc:  # ZoneInfoNotFoundError is a KeyError
+            raise ValueError(
+                f"unknown time zone {timezone!r}: give an IANA name such as UTC or Europe/Madrid"
+            ) from exc
+        return timezone
+
+    @field_validator("start_date", mode="before")
+    @classmethod
+    def _a_date(cls, value: Any) -> Any:
+        if isinstance(value, date):  # YAML reads an unquoted 2026-01-01 as a date
+            return value.isoformat()
+        if isinstance(value, str):
+            try:
+                datetime.fromisoformat(value)
+            except ValueError as exc:
+                raise ValueError(
+                    f"start_date {value!r} is not a date: give YYYY-MM-DD or an ISO 8601 "
+                    "date-time (2026-01-01T05:00)"
+                ) from exc
+        return value
 
 
 class PipelineConfig(Strict):
