@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import os
+import shlex
 import subprocess
 import sys
 from pathlib import Path
 
+from raw2gold.config import load_pipeline
 from tests.fixtures.paths import REPO as ROOT
 
 RAW2GOLD = [sys.executable, "-m", "raw2gold.cli"]
@@ -26,6 +28,14 @@ def test_init_copies_the_example_and_it_validates(tmp_path: Path) -> None:
     again = subprocess.run([*RAW2GOLD, "init", str(target)], capture_output=True, text=True)
     assert again.returncode == 1
     assert "is not empty" in again.stderr and len(again.stderr.strip().splitlines()) == 1
+
+    # Named after its folder (two pipelines named shop would be one DAG), its path quoted.
+    assert load_pipeline(target / "pipeline.yaml").name == "my_pipeline"
+    spaced = tmp_path / "2nd Pipeline"
+    made = subprocess.run([*RAW2GOLD, "init", str(spaced)], capture_output=True, text=True)
+    assert load_pipeline(spaced / "pipeline.yaml").name == "pipeline_2nd_pipeline"
+    quoted = shlex.quote(str(spaced / "pipeline.yaml"))
+    assert f"next: raw2gold validate {quoted} && raw2gold run {quoted}" in made.stdout
 
 
 def test_check_java_passes_here_and_names_the_fix_without_java(tmp_path: Path) -> None:

@@ -8,6 +8,8 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
+import shlex
 import shutil
 import sys
 import traceback
@@ -236,9 +238,17 @@ def cmd_init(args: argparse.Namespace) -> int:
         raise CliError(f"{target} is not empty; choose a new folder")
     source = example_dir()
     shutil.copytree(source, target, ignore=shutil.ignore_patterns("lake", "__pycache__"))
+    # Named after its folder: two pipelines named alike would be one DAG id in Airflow.
+    name = re.sub(r"[^a-z0-9]+", "_", target.resolve().name.lower()).strip("_")
+    name = name if re.match(r"^[a-z]", name) else f"pipeline_{name}".rstrip("_")
+    pipeline = target / "pipeline.yaml"
+    text = pipeline.read_text(encoding="utf-8")
+    pipeline.write_text(re.sub(r"(?m)^name: shop$", f"name: {name}", text, count=1), "utf-8")
+    path = shlex.quote(str(pipeline))
     console.print(
-        f"[green]created[/green] {target}/pipeline.yaml from the shop example\n"
-        f"  next: raw2gold validate {target}/pipeline.yaml && raw2gold run {target}/pipeline.yaml"
+        f"[green]created[/green] {pipeline} (pipeline {name}) from the shop example\n"
+        f"  next: raw2gold validate {path} && raw2gold run {path}",
+        soft_wrap=True,
     )
     return 0
 

@@ -1,6 +1,8 @@
 """The generated DAG: imports cleanly, nothing heavy at parse time, dependencies as configured."""
 
 import json
+import os
+import shutil
 import subprocess
 import sys
 from datetime import timedelta
@@ -8,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from raw2gold.config import load_pipeline
+from raw2gold.config import ConfigError, load_pipeline
 from raw2gold.config.models import MaintenanceConfig
 from raw2gold.orchestrate.dag_factory import build_dag, gold_asset_uri, load_dags
 
@@ -170,3 +172,23 @@ def test_the_dag_maintains_after_publish_when_configured(shop_pipeline: Path) ->
     assert maintain.upstream_task_ids == {"gold.publish"}
     assert "done" in maintain.downstream_task_ids
     assert "spark.stop" in maintain.downstream_task_ids
+
+
+def test_two_pipelines_of_one_name_are_refused_naming_both(
+    shop_pipeline: Path, tmp_path: Path, monkeypatch
+) -> None:
+    """A copy of the shop under its own name is a second DAG; under the same name it would
+    have replaced the first one's DAG without a word."""
+    copy = tmp_path / "copy"
+    shutil.copytree(shop_pipeline.parent, copy, ignore=shutil.ignore_patterns("lake"))
+    monkeypatch.setenv("RAW2GOLD_PIPELINES", f"{shop_pipeline}{os.pathsep}{copy}/pipeline.yaml")
+    with pytest.raises(ConfigError) as caught:
+        load_dags()
+    assert str(caught.value) == (
+        f"{copy}/pipeline.yaml:3: name: pipeline 'shop' is also the name of {shop_pipeline}: "
+        "Airflow would have one DAG (raw2gold_shop) for both (hint: give one of them another "
+        "name)"
+    )
+    text = (copy / "pipeline.yaml").read_text()
+    (copy / "pipeline.yaml").write_text(text.replace("name: shop\n", "name: shop_copy\n", 1))
+    assert sorted(load_dags()) == ["raw2gold_shop", "raw2gold_shop_copy"]

@@ -405,3 +405,29 @@ def gold_order(config: PipelineConfig) -> list[str]:
         name: {r for r in model_refs(config, name) if r in config.gold} for name in config.gold
     }
     return list(TopologicalSorter(graph).static_order())
+
+
+def load_pipelines(paths: list[Path]) -> list[PipelineConfig]:
+    """Load several pipeline files (:func:`load_pipeline`); two of the same name are a
+    :class:`ConfigError`: in Airflow they would be one DAG, one hiding the other."""
+    configs: list[PipelineConfig] = []
+    first: dict[str, Path] = {}
+    for path in paths:
+        config = load_pipeline(path)
+        if config.name in first:
+            lines = _compose_lines(Path(path).read_text(encoding="utf-8"))
+            raise ConfigError(
+                [
+                    Problem(
+                        str(path),
+                        _line_for(lines, ("name",)),
+                        "name",
+                        f"pipeline {config.name!r} is also the name of {first[config.name]}: "
+                        f"Airflow would have one DAG (raw2gold_{config.name}) for both",
+                        "give one of them another name",
+                    )
+                ]
+            )
+        first[config.name] = Path(path)
+        configs.append(config)
+    return configs

@@ -24,7 +24,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, Asset, Param, TaskGroup
 
-from raw2gold.config import PipelineConfig, load_pipeline
+from raw2gold.config import PipelineConfig, load_pipelines
 from raw2gold.config.loader import REF_IN_SQL, gold_order, model_refs
 from raw2gold.orchestrate.airbyte_operators import AirbyteServerSyncOperator
 from raw2gold.orchestrate.notify import failure_callbacks, overdue_alert, retry_callbacks
@@ -223,9 +223,10 @@ def pipeline_paths(default: str | None = None) -> list[Path]:
 
 
 def load_dags(default: str | None = None) -> dict[str, DAG]:
-    """{dag_id: DAG} for every configured pipeline; an invalid config raises with all problems."""
+    """{dag_id: DAG} for every configured pipeline; an invalid config raises with all problems,
+    and so do two pipelines of the same name (one would hide the other)."""
     dags: dict[str, DAG] = {}
-    for path in pipeline_paths(default):
-        dag = build_dag(load_pipeline(path))
+    for config in load_pipelines(pipeline_paths(default)):
+        dag = build_dag(config)
         dags[dag.dag_id] = dag
     return dags

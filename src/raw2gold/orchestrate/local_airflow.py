@@ -286,8 +286,9 @@ def pipeline_files(spec: str) -> list[Path]:
 
 
 def check_pipelines(spec: str) -> list[Path]:
-    """The pipeline files named by ``spec``; each must exist and be valid (ConfigError if not)."""
-    from raw2gold.config import load_pipeline
+    """The pipeline files named by ``spec``; each must exist and be valid, and no two may share a
+    name (ConfigError if not)."""
+    from raw2gold.config import load_pipelines
 
     paths = pipeline_files(spec)
     missing = [str(p) for p in paths if not p.is_file()]
@@ -296,8 +297,7 @@ def check_pipelines(spec: str) -> list[Path]:
             f"no pipeline file found for {', '.join(missing) or spec or '(none)'}; "
             "give --pipelines PATH_OR_GLOB ..."
         )
-    for path in paths:
-        load_pipeline(path)
+    load_pipelines(paths)
     return paths
 
 
