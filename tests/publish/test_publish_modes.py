@@ -12,7 +12,7 @@ import pytest
 from raw2gold.config import ConfigError, load_pipeline
 from raw2gold.lake.layout import Lake
 from raw2gold.publish.publisher import gold_arrow_table, publish_history
-from raw2gold.transform.job import STAGES, run_stage
+from raw2gold.transform.job import STAGES, StageError, run_stage
 from tests.transform.rawdata import shop_records, ts, users_pipeline, write_raw_run
 
 PIPELINE = users_pipeline(
@@ -23,12 +23,26 @@ PIPELINE = users_pipeline(
     format: delta
     mode: merge
     keys: [id]
+    checks:
+      - {type: row_count, min: 30}
+      - {type: unique, columns: [email]}
   users_per_nationality:
     sql: per_nationality.sql
     format: delta
     mode: replace_partitions
     partition_by: [nationality]
+    checks:
+      - {type: row_count, min: 3}
+  totals:
+    sql: totals.sql
+    format: delta
 """,
+)
+# A model reading both: it must see them as their publish leaves them (all rows), not only the
+# rows this run's build of them produced.
+TOTALS = (
+    "SELECT (SELECT COUNT(*) FROM {{ ref('user_emails') }}) AS emails, "
+    "(SELECT SUM(users) FROM {{ ref('users_per_nationality') }}) AS users"
 )
 LATEST_RUN = "(SELECT MAX(_raw2gold_run_id) FROM {{ ref('users') }})"
 
@@ -49,6 +63,7 @@ def test_merge_and_replace_partitions_keep_what_the_run_did_not_touch(
         "SELECT nationality, COUNT(*) AS users, SUM(age) AS total_age FROM {{ ref('users') }} "
         f"WHERE _raw2gold_run_id = {LATEST_RUN} GROUP BY nationality"
     )
+    (tmp_path / "totals.sql").write_text(TOTALS)
     config = load_pipeline(tmp_path / "pipeline.yaml")
     lake = Lake(config.lake)
     users = shop_records(users=30)["users"]
@@ -81,6 +96,12 @@ def test_merge_and_replace_partitions_keep_what_the_run_did_not_touch(
         assert counts[nationality] == first_counts[nationality]  # untouched partitions
     for table in config.gold:
         assert [e["run_id"] for e in publish_history(config, table)] == ["run2", "run1"]
+    # Read by another model, counted by checks and history: the whole tables (31 rows, and
+    # the users of every partition), not the 4 rows run 2 built (checks min 30 and min 3 pass).
+    totals = gold_arrow_table(config, "totals").to_pylist()
+    assert totals == [{"emails": len(expected), "users": sum(u for u, _ in counts.values())}]
+    assert publish_history(config, "user_emails")[0]["rows"] == len(expected) == 31
+    assert publish_history(config, "users_per_nationality")[0]["rows"] == len(counts)
 
 
 def test_modes_need_their_settings(tmp_path: Path) -> None:
@@ -93,3 +114,54 @@ def test_modes_need_their_settings(tmp_path: Path) -> None:
     text = "\n".join(str(p) for p in caught.value.problems)
     assert "mode merge needs format delta and keys" in text
     assert "mode replace_partitions needs format delta and partition_by" in text
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            ("latest.sql", "SELECT id % 5 AS id, email FROM {{ ref('users') }}"),
+            "gold user_emails: mode merge needs one row per key (id), but 25 row(s) repeat a key "
+            "(e.g. id=",
+        ),
+        (
+            ("latest.sql", "SELECT IF(id = 3, NULL, id) AS id, email FROM {{ ref('users') }}"),
+            "gold user_emails: mode merge needs a key in every row, but 1 row(s) have a NULL in "
+            "id (a NULL key never matches: such a row would be added again every run)",
+        ),
+        (
+            ("latest.sql", "SELECT id AS user_id, email FROM {{ ref('users') }}"),
+            "gold user_emails: keys names id, which the model's output does not have (its "
+            "columns: user_id, email); fix gold.user_emails.keys in pipeline.yaml or the model",
+        ),
+        (
+            ("per_nationality.sql", "SELECT COUNT(*) AS users FROM {{ ref('users') }}"),
+            "gold users_per_nationality: partition_by names nationality, which the model's "
+            "output does not have (its columns: users)",
+        ),
+    ],
+)
+def test_a_model_its_publish_mode_cannot_take_stops_at_its_build(
+    tmp_path: Path, spark: Any, change: tuple[str, str], message: str
+) -> None:
+    """Keys and partitions a model does not output, and repeated or NULL merge keys, stop the
+    build with one line: they failed at publish after the checks, or (a first publish, NULL
+    keys) published rows the next MERGE fails on or adds again."""
+    (tmp_path / "pipeline.yaml").write_text(PIPELINE)
+    (tmp_path / "latest.sql").write_text("SELECT id, email FROM {{ ref('users') }}")
+    (tmp_path / "per_nationality.sql").write_text(
+        "SELECT nationality, COUNT(*) AS users FROM {{ ref('users') }} GROUP BY nationality"
+    )
+    (tmp_path / "totals.sql").write_text(TOTALS)
+    name, body = change
+    (tmp_path / name).write_text(body)
+    config = load_pipeline(tmp_path / "pipeline.yaml")
+    users = shop_records(users=30)["users"]
+    write_raw_run(
+        Lake(config.lake), "faker", "r1", {"users": users}, datetime(2026, 4, 1, tzinfo=UTC)
+    )
+    run_stage(config, "processed", "run1", spark=spark)
+    model = "user_emails" if name == "latest.sql" else "users_per_nationality"
+    with pytest.raises(StageError) as caught:
+        run_stage(config, "gold", "run1", spark=spark, tables=[model])
+    assert str(caught.value).startswith(message)

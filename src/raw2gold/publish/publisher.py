@@ -51,6 +51,7 @@ from raw2gold.transform.gold import (
     read_parquet,
     read_staged,
     staged_build,
+    staged_is_whole,
     written_schema,
 )
 from raw2gold.transform.parallel import in_parallel
@@ -408,10 +409,11 @@ def _publish_table(
         )
     incremental = build["mode"] == "incremental"
     df = read_staged(spark, config, run_id, table, build)
-    # Rows as the check stage counted them, or the staged rows of a full build; else an
-    # incremental publish reads them after writing (Delta log, Parquet footers).
+    # Rows as the check stage counted them, or the staged rows of a full build that replaces
+    # the table; else the publish reads them after writing (Delta log, Parquet footers).
     counted = checked_rows.get(table)
-    if counted is None and not incremental and build.get("rows") is not None:
+    replaces_table = not incremental and staged_is_whole(lake, config, table)
+    if counted is None and replaces_table and build.get("rows") is not None:
         counted = int(build["rows"])
     rows = None if counted is None else int(counted)
     if rows is not None:

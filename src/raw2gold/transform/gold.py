@@ -8,6 +8,7 @@ staged output of the same run.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import importlib.util
 import logging
@@ -172,7 +173,9 @@ def prospective(spark: SparkSession, config: PipelineConfig, run_id: str, table:
         return read_gold(spark, config, table)
     staged = read_staged(spark, config, run_id, table, build)
     if build["mode"] == "full":
-        return staged
+        if staged_is_whole(lake, config, table):
+            return staged
+        return _merged_with_published(spark, config, table, staged)
     incremental = config.gold[table].incremental
     assert incremental is not None
     published = read_gold(spark, config, table)
@@ -182,6 +185,41 @@ def prospective(spark: SparkSession, config: PipelineConfig, run_id: str, table:
         "left_anti",
     )
     return kept.unionByName(staged.select(*published.columns))
+
+
+def staged_is_whole(lake: Lake, config: PipelineConfig, table: str) -> bool:
+    """Whether a full build's staged rows are the whole table once published: an overwrite, or
+    the first publish of a ``merge`` or ``replace_partitions`` model (later ones keep rows)."""
+    return config.gold[table].mode == "overwrite" or not gold_exists(lake, config, table)
+
+
+def _merged_with_published(
+    spark: SparkSession, config: PipelineConfig, table: str, staged: DataFrame
+) -> DataFrame:
+    """A ``merge`` or ``replace_partitions`` model's table as its publish leaves it: the
+    published rows whose key (partition) the staged rows do not have, and the staged rows."""
+    from pyspark.sql import functions as F
+
+    from raw2gold.publish.publisher import read_gold
+
+    model = config.gold[table]
+    published = read_gold(spark, config, table)
+    merge = model.mode == "merge"
+    columns = model.keys if merge else model.partition_by
+    replaced = staged.select(
+        *[F.col(quote(c)).alias(f"_r2g_replaced_{i}") for i, c in enumerate(columns)]
+    ).distinct()
+    # MERGE matches keys by equality (a NULL key never matches); a partition is replaced whole,
+    # the NULL partition too
+    matches = [
+        F.col(quote(c)) == F.col(f"_r2g_replaced_{i}")
+        if merge
+        else F.col(quote(c)).eqNullSafe(F.col(f"_r2g_replaced_{i}"))
+        for i, c in enumerate(columns)
+    ]
+    condition = functools.reduce(lambda a, b: a & b, matches)
+    kept = published.join(replaced, condition, "left_anti")
+    return kept.unionByName(staged, allowMissingColumns=True)
 
 
 def make_ref(
@@ -557,6 +595,57 @@ def _delta_names(config: PipelineConfig, table: str, columns: list[str]) -> None
         )
 
 
+def _named_columns_exist(config: PipelineConfig, table: str, columns: list[str]) -> None:
+    """The columns a gold model's config names (keys, partition_by, incremental.by) must be
+    among its output's, or its publish (or its next incremental build) would fail."""
+    model = config.gold[table]
+    named = {
+        "keys": model.keys,
+        "partition_by": model.partition_by,
+        "incremental.by": model.incremental.by if model.incremental else [],
+    }
+    known = {c.lower() for c in columns}
+    for setting, names in named.items():
+        missing = [n for n in names if n.lower() not in known]
+        if missing:
+            raise GoldError(
+                f"gold {table}: {setting} names {', '.join(missing)}, which the model's output "
+                f"does not have (its columns: {', '.join(columns)}); fix gold.{table}.{setting} "
+                f"in {config.path.name} or the model"
+            )
+
+
+def _one_row_per_key(staged: DataFrame, table: str, config: PipelineConfig) -> None:
+    """A ``merge`` model's rows must have a key each, and one row per key: MERGE fails on two
+    rows of one key that the table has, inserts both when it has not, and never matches a NULL
+    key, so such a row would be added again by every run."""
+    from pyspark.sql import functions as F
+
+    keys = config.gold[table].keys
+    columns = [F.col(quote(k)) for k in keys]
+    nulls = functools.reduce(lambda a, b: a | b, [c.isNull() for c in columns])
+    counts = staged.agg(
+        F.count(F.lit(1)).alias("rows"),
+        F.count(F.when(nulls, 1)).alias("nulls"),
+        F.count_distinct(*columns).alias("keys"),
+    ).collect()[0]
+    named = ", ".join(keys)
+    if counts["nulls"]:
+        raise GoldError(
+            f"gold {table}: mode merge needs a key in every row, but {counts['nulls']} row(s) "
+            f"have a NULL in {named} (a NULL key never matches: such a row would be added again "
+            "every run); filter them out or give them a key in the model"
+        )
+    if counts["keys"] < counts["rows"]:
+        example = staged.groupBy(*columns).count().where(F.col("count") > 1).limit(1).collect()[0]
+        shown = ", ".join(f"{k}={example[k]!r}" for k in keys)
+        raise GoldError(
+            f"gold {table}: mode merge needs one row per key ({named}), but "
+            f"{counts['rows'] - counts['keys']} row(s) repeat a key (e.g. {shown}: "
+            f"{example['count']} rows); make the model's rows unique on its keys"
+        )
+
+
 def _write_staged(
     spark: SparkSession, config: PipelineConfig, run_id: str, table: str, ref: Ref
 ) -> dict[str, Any]:
@@ -565,7 +654,11 @@ def _write_staged(
     try:
         df = model_dataframe(spark, config, table, ref)
         _delta_names(config, table, df.columns)
-        df.write.mode("overwrite").parquet(lake.spark_uri(lake.staging_gold(run_id, table)))
+        _named_columns_exist(config, table, df.columns)
+        uri = lake.spark_uri(lake.staging_gold(run_id, table))
+        df.write.mode("overwrite").parquet(uri)
+        if config.gold[table].mode == "merge":
+            _one_row_per_key(spark.read.schema(df.schema).parquet(uri), table, config)
         return written_schema(df.schema)
     except GoldError:
         raise

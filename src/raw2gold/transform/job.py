@@ -142,7 +142,7 @@ def _gold_scope(spark: SparkSession, config: PipelineConfig, run_id: str, table:
     """What a gold table's checks know: its rows, the published rows, an incremental build's
     rebuilt rows and groups, and the processed inputs that only had MERGEs since (stable)."""
     from raw2gold.publish.publisher import last_publish, read_gold
-    from raw2gold.transform.gold import gold_exists, read_staged, staged_build
+    from raw2gold.transform.gold import gold_exists, read_staged, staged_build, staged_is_whole
 
     lake = Lake(config.lake)
     build = staged_build(lake, run_id, table) or {}
@@ -156,7 +156,8 @@ def _gold_scope(spark: SparkSession, config: PipelineConfig, run_id: str, table:
         return int(read_gold(spark, config, table).count())
 
     def rows() -> int:
-        if build.get("mode") == "full" and build.get("rows") is not None:
+        whole = build.get("mode") == "full" and staged_is_whole(lake, config, table)
+        if whole and build.get("rows") is not None:
             return int(build["rows"])
         if build.get("mode") == "unchanged":
             known = previous_rows()
