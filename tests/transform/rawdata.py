@@ -5,10 +5,12 @@ from __future__ import annotations
 import random
 import uuid
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
 import pyarrow.parquet as pq
+import yaml
 
 from raw2gold.lake.layout import Lake
 
@@ -188,3 +190,35 @@ gold:
 def users_pipeline(name: str, gold: str) -> str:
     """A pipeline.yaml: the faker users stream, its processed table, and the given `gold:` body."""
     return USERS_PIPELINE.replace("{name}", name) + gold.lstrip("\n")
+
+
+def csv_pipeline(
+    folder: Path, csv_file: Path, table: str, primary_key: list[str], columns: dict[str, str]
+) -> Path:
+    """A pipeline.yaml in ``folder``: the CSV file through the real source-file connector (a
+    full-refresh stream named ``table``) and the processed table ``table`` over it."""
+    source = {"dataset_name": table, "format": "csv", "url": str(csv_file)}
+    path = folder / "pipeline.yaml"
+    path.write_text(
+        yaml.safe_dump(
+            {
+                "name": f"{table}_csv",
+                "lake": {"uri": "./lake"},
+                "sources": {
+                    "csv": {
+                        "connector": {"package": "airbyte-source-file", "version": "0.5.39"},
+                        "config": {**source, "provider": {"storage": "local"}},
+                        "streams": [{"name": table, "sync_mode": "full_refresh"}],
+                    }
+                },
+                "processed": {
+                    table: {
+                        "source": f"csv.{table}",
+                        "primary_key": primary_key,
+                        "columns": columns,
+                    }
+                },
+            }
+        )
+    )
+    return path

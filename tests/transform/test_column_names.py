@@ -11,7 +11,6 @@ from typing import Any
 
 import pyarrow as pa
 import pytest
-import yaml
 
 from raw2gold.config.loader import load_pipeline
 from raw2gold.ingest import ingest_source
@@ -19,8 +18,15 @@ from raw2gold.lake.layout import Lake
 from raw2gold.publish.publisher import gold_arrow_table
 from raw2gold.transform.job import StageError, run_stage
 from raw2gold.transform.processed import ProcessedError, build_processed
-from tests.ingest.conftest import FILE, read_raw
-from tests.transform.rawdata import shop_records, ts, users_pipeline, with_processed, write_raw_run
+from tests.ingest.conftest import read_raw
+from tests.transform.rawdata import (
+    csv_pipeline,
+    shop_records,
+    ts,
+    users_pipeline,
+    with_processed,
+    write_raw_run,
+)
 
 HEADER = ["SKU", "Unit Price", "In Stock", "Size (cm)", "a=b", "Weight.kg"]
 ROWS = [
@@ -40,36 +46,10 @@ def test_a_csv_with_spaces_and_brackets_in_its_header_reaches_processed(
     data = tmp_path / "prices.csv"
     with open(data, "w", newline="") as handle:
         csv.writer(handle).writerows([HEADER, *ROWS])
-    pipeline = tmp_path / "pipeline.yaml"
-    source = {"dataset_name": "prices", "format": "csv", "url": str(data)}
-    pipeline.write_text(
-        yaml.safe_dump(
-            {
-                "name": "names",
-                "lake": {"uri": "./lake"},
-                "sources": {
-                    "shop_csv": {
-                        "connector": FILE,
-                        "config": {**source, "provider": {"storage": "local"}},
-                        "streams": [{"name": "prices", "sync_mode": "full_refresh"}],
-                    }
-                },
-                "processed": {
-                    "prices": {
-                        "source": "shop_csv.prices",
-                        "primary_key": ["SKU"],
-                        "columns": {
-                            "SKU": "string",
-                            "Unit_Price": "decimal(10,2)",
-                            "Weight.kg": "double",
-                        },
-                    }
-                },
-            }
-        )
-    )
+    columns = {"SKU": "string", "Unit_Price": "decimal(10,2)", "Weight.kg": "double"}
+    pipeline = csv_pipeline(tmp_path, data, "prices", ["SKU"], columns)
     config = load_pipeline(pipeline)
-    manifest = ingest_source(config, "shop_csv", "r1", "2026-11-26")
+    manifest = ingest_source(config, "csv", "r1", "2026-11-26")
     landed = read_raw(config, manifest["streams"]["prices"]["files"])
     assert {"Unit Price", "In Stock", "Size (cm)", "a=b"} <= set(landed[0])
 

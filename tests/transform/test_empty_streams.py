@@ -9,8 +9,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from raw2gold.config.loader import load_pipeline
 from raw2gold.ingest import ingest_source
 from raw2gold.lake.layout import Lake
@@ -18,8 +16,7 @@ from raw2gold.publish.publisher import gold_arrow_table
 from raw2gold.transform.delta import log_version
 from raw2gold.transform.job import STAGES, run_stage
 from raw2gold.transform.processed import build_processed
-from tests.ingest.conftest import FILE
-from tests.transform.rawdata import shop_records, users_pipeline, write_raw_run
+from tests.transform.rawdata import csv_pipeline, shop_records, users_pipeline, write_raw_run
 
 
 def _all_stages(config: Any, run_id: str, spark: Any) -> dict[str, Any]:
@@ -77,29 +74,8 @@ def test_a_csv_emptied_at_the_source_empties_its_table_once(tmp_path: Path, spar
     nothing; rows that come back fill it again."""
     data = tmp_path / "makes.csv"
     rows = [["Audi", "premium"], ["Ford", "mainstream"], ["Lada", "budget"]]
-    source = {"dataset_name": "makes", "format": "csv", "url": str(data)}
-    (tmp_path / "pipeline.yaml").write_text(
-        yaml.safe_dump(
-            {
-                "name": "snapshot",
-                "lake": {"uri": "./lake"},
-                "sources": {
-                    "catalog": {
-                        "connector": FILE,
-                        "config": {**source, "provider": {"storage": "local"}},
-                        "streams": [{"name": "makes", "sync_mode": "full_refresh"}],
-                    }
-                },
-                "processed": {
-                    "makes": {
-                        "source": "catalog.makes",
-                        "primary_key": ["make"],
-                        "columns": {"make": "string", "category": "string"},
-                    }
-                },
-            }
-        )
-    )
+    columns = {"make": "string", "category": "string"}
+    csv_pipeline(tmp_path, data, "makes", ["make"], columns)
     config = load_pipeline(tmp_path / "pipeline.yaml")
     lake = Lake(config.lake)
     relative = lake.processed_table("makes")
@@ -107,7 +83,7 @@ def test_a_csv_emptied_at_the_source_empties_its_table_once(tmp_path: Path, spar
     def land(run: str, content: list[list[str]]) -> list[tuple[str, str]]:
         with open(data, "w", newline="") as handle:
             csv.writer(handle).writerows([["make", "category"], *content])
-        ingest_source(config, "catalog", run, "2026-11-26")
+        ingest_source(config, "csv", run, "2026-11-26")
         [result] = build_processed(spark, config, f"run-{run}")
         table = spark.read.format("delta").load(lake.spark_uri(relative))
         assert result.rows == table.count()
