@@ -229,6 +229,21 @@ def test_dates_in_a_connector_config_reach_it_as_written(tmp_path: Path) -> None
     }
 
 
+def test_a_stream_name_with_dots_is_referred_to_after_its_source(tmp_path: Path) -> None:
+    """Sheet tabs and files name streams such as `prices.v2`: `csv.prices.v2` is that stream
+    of source csv (source names have no dots); it was refused as not <source>.<stream>."""
+    source = GOOD_SOURCE.replace("{name: users,", "{name: users.v2,")
+    processed = (
+        "processed:\n  users:\n    source: faker.users.v2\n    primary_key: [id]\n"
+        "    cursor: updated_at\n    columns: {id: bigint, updated_at: timestamp}\n"
+    )
+    config = load_pipeline(write(tmp_path, "name: p\n" + source + processed))
+    assert config.processed["users"].source == "faker.users.v2"
+    path = write(tmp_path, "name: p\n" + source + processed.replace("faker.users.v2", "faker."))
+    (problem,) = problems_of(path)
+    assert "source must be <source>.<stream>" in problem
+
+
 def test_the_cron_presets_are_airflows() -> None:
     from airflow.sdk.definitions.timetables._cron import CRON_PRESETS
 

@@ -295,7 +295,8 @@ class ProcessedModel(Strict):
         ]
         if missing:
             raise ValueError(f"not declared in columns: {', '.join(missing)}")
-        if self.source.count(".") != 1:
+        source, _, stream = self.source.partition(".")
+        if not source or not stream:  # a stream's own name may hold dots (a sheet "Q1.2026")
             raise ValueError("source must be <source>.<stream>")
         return self
 
