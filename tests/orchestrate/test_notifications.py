@@ -95,7 +95,7 @@ with DAG("r2g_run_summary", params={"run_id": "20260102T030405Z-0123abcd"}, **co
 with DAG("r2g_timeout", default_args={"retries": 0}, **common):
     SleepingStage(
         task_id="spark", pipeline_path="unused", stage="transform",
-        execution_timeout=timedelta(seconds=8),
+        execution_timeout=timedelta(seconds=20),  # the child starts well within it, loaded or not
     )
 '''
 

@@ -14,6 +14,11 @@ if TYPE_CHECKING:
     from pyspark.sql import SparkSession
 
 USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
+# Delta's idempotent writes: a commit records (app id, version); a later write of the same app
+# id with a version not above it is skipped, and two at once conflict
+TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
+TXN_VERSION = "spark.databricks.delta.write.txnVersion"
+TXN_APP = "raw2gold"
 
 # Commits that rewrite or delete files without changing rows (their actions have
 # dataChange=false): table maintenance (raw2gold.transform.maintenance) or a user's own.
@@ -222,10 +227,25 @@ def table_rows(spark: SparkSession, lake: Lake, relative: str, version: int | No
 
 
 @contextmanager
-def commit_metadata(spark: SparkSession, payload: dict[str, Any]) -> Iterator[None]:
-    """Attach ``payload`` (JSON) as userMetadata to the Delta commits made inside the block."""
+def commit_metadata(
+    spark: SparkSession, payload: dict[str, Any], read_version: int | None = None
+) -> Iterator[None]:
+    """Attach ``payload`` (JSON) as userMetadata to the Delta commits made inside the block.
+
+    With ``read_version`` (the table's version when the writer read it; -1: no table yet) the
+    commit also records Delta's transaction id ``raw2gold`` at ``read_version + 1``. A writer
+    that read the same version as one that committed since is then skipped by Delta, or fails
+    with a concurrent-transaction conflict, instead of writing the same rows again (two runs
+    at once: blind appends never conflict). :func:`written_by` tells which happened.
+    """
     spark.conf.set(USER_METADATA, json.dumps(payload, sort_keys=True, default=str))
+    if read_version is not None:
+        spark.conf.set(TXN_APP_ID, TXN_APP)
+        spark.conf.set(TXN_VERSION, str(read_version + 1))
     try:
         yield
     finally:
         spark.conf.unset(USER_METADATA)
+        if read_version is not None:
+            spark.conf.unset(TXN_APP_ID)
+            spark.conf.unset(TXN_VERSION)

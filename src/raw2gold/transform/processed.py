@@ -27,6 +27,9 @@ Per processed table:
   digest of every value) equals the one the table's last overwrite recorded. The table keeps
   its version, so the gold models that read it are not rebuilt.
 * ``full_refresh=True`` rebuilds an incremental table from all committed raw runs (overwrite).
+* **Two runs at once** never apply a raw run twice: each commit records Delta's transaction
+  id at the version it read plus one, so the second of two runs that read the same version is
+  skipped or conflicts, and stops saying another run wrote the table.
 * **No records** (a raw run whose manifest lists no file for the stream): a new table is created
   empty with its declared columns, so gold can read it; an empty newest snapshot empties its
   table; an incremental table is left as it is.
@@ -695,7 +698,7 @@ def _merge_or_append(
         and cannot_match(lake, relative, key, *bounds[key])
     ):
         result.mode = "append"  # rows written: from the commit, as for an overwrite
-        with commit_metadata(spark, metadata):
+        with commit_metadata(spark, metadata, result.previous_version):
             _written_rows(latest).write.format("delta").mode("append").save(uri)
         return
     result.mode = "merge"
@@ -716,7 +719,7 @@ def _merge_or_append(
         + f"WHEN NOT MATCHED {f'AND NOT {flag} ' if deletes else ''}"
         + f"THEN INSERT ({', '.join(names)}) VALUES ({values})"
     )
-    with commit_metadata(spark, metadata):
+    with commit_metadata(spark, metadata, result.previous_version):
         stats = spark.sql(sql).collect()
     spark.catalog.dropTempView(view)
     if stats:
@@ -744,10 +747,38 @@ def process_table(
     except ProcessedError:
         raise
     except Exception as exc:
+        if (error_class(exc) or "").startswith(CONCURRENT):
+            raise ProcessedError(another_run_wrote(table)) from exc
         problem = unreadable_raw_file(config, table, exc)
         if problem is None:
             raise
         raise ProcessedError(problem) from exc
+
+
+CONCURRENT = ("DELTA_CONCURRENT", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED")
+
+
+def another_run_wrote(table: str, other: str | None = None) -> str:
+    """What to tell when another run committed the table while this one processed it."""
+    who = f"another run ({other})" if other else "another run"
+    return (
+        f"processed {table}: {who} wrote the table while this run was processing it, so this "
+        "run wrote nothing to it (Delta keeps one of two such commits: no raw run is applied "
+        "twice); run again to apply what is left"
+    )
+
+
+def _written_by_this_run(
+    lake: Lake, relative: str, table: str, run_id: str, read_version: int
+) -> None:
+    """Raise unless a commit since ``read_version`` is this run's: Delta skips a write whose
+    transaction version another run's commit reached first (:func:`commit_metadata`)."""
+    found = newest_metadata(lake, relative, "raw2gold_run_id", look_back=20, value=run_id)
+    if found is None or found[0] <= read_version:
+        newest = newest_metadata(lake, relative, "raw2gold_run_id", look_back=1)
+        raise ProcessedError(
+            another_run_wrote(table, newest[1]["raw2gold_run_id"] if newest else None)
+        )
 
 
 def unreadable_raw_file(config: PipelineConfig, table: str, error: Exception) -> str | None:
@@ -880,7 +911,7 @@ def _process_table(
             )
             if model.partition_by:
                 writer = writer.partitionBy(*model.partition_by)
-            with commit_metadata(spark, metadata):
+            with commit_metadata(spark, metadata, result.previous_version):
                 writer.save(uri)
         else:
             incoming = latest.drop(DELETED)  # no-op without deletes
@@ -890,6 +921,8 @@ def _process_table(
     finally:
         if typed is not None:
             typed.unpersist()
+    if result.mode != "unchanged":
+        _written_by_this_run(lake, relative, table, run_id, result.previous_version)
     result.delta_version = log_version(lake, relative)
     if result.mode in ("overwrite", "append"):
         commit = log_commit(lake, relative, result.delta_version) or {}
