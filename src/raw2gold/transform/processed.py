@@ -93,6 +93,7 @@ from raw2gold.transform.delta import (
 from raw2gold.transform.parallel import in_parallel
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from pyspark.sql import Column, DataFrame, Row, SparkSession
 
 log = logging.getLogger(__name__)
@@ -159,18 +160,32 @@ def one_column_error(table: str, source: str, columns: list[str], where: str = "
     )
 
 
+def _one_column(names: list[str]) -> list[str] | None:
+    """The first raw columns that processed would store as one column (their processed names
+    equal but for case, which Spark and Delta ignore); None when there are none."""
+    owners: dict[str, list[str]] = {}
+    for name in names:
+        owners.setdefault(processed_name(name).lower(), []).append(name)
+    return next((same for same in owners.values() if len(same) > 1), None)
+
+
+def _footer_schema(lake: Lake, path: str) -> pa.Schema:
+    """The schema of a raw Parquet file, from its footer (no Spark job)."""
+    import pyarrow.parquet as pq
+
+    with lake.fs.open_input_file(lake.path(path)) as handle:
+        return pq.read_schema(handle)
+
+
 def with_processed_names(raw: DataFrame, table: str, source: str) -> DataFrame:
     """The raw frame with its columns named as processed names them (:func:`processed_name`).
 
     Two raw columns that would share a name are an error naming both.
     """
+    same = _one_column(raw.columns)
+    if same:
+        raise ProcessedError(one_column_error(table, source, same))
     renamed = {c: processed_name(c) for c in raw.columns}
-    owners: dict[str, list[str]] = {}
-    for column, name in renamed.items():
-        owners.setdefault(name.lower(), []).append(column)
-    for columns in owners.values():
-        if len(columns) > 1:
-            raise ProcessedError(one_column_error(table, source, columns))
     changed = {c: n for c, n in renamed.items() if c != n}
     if not changed:
         return raw
@@ -459,15 +474,10 @@ def _read_raw(
 def _same_column_in_any_case(lake: Lake, table: str, source: str, paths: list[str]) -> str:
     """The message for raw files Spark cannot read because two of their columns differ only in
     case (``email`` and ``EMAIL``): the first file with such columns, from its footer."""
-    import pyarrow.parquet as pq
-
     for path in paths:
-        with lake.fs.open_input_file(lake.path(path)) as handle:
-            names = pq.read_schema(handle).names
-        for name in names:
-            same = [n for n in names if n.lower() == name.lower()]
-            if len(same) > 1:
-                return one_column_error(table, source, same, f" (raw file {path})")
+        same = _one_column(_footer_schema(lake, path).names)
+        if same:
+            return one_column_error(table, source, same, f" (raw file {path})")
     return f"processed {table}: raw columns of {source} differ only in case; rename them"
 
 
@@ -478,7 +488,6 @@ def _read_raw_types_apart(
     runs, a value kind inferred per landing): the files of each schema read apart, and each
     such column read as the type all its kinds fit — a wider number or, for any other mix, text
     (nested values as JSON) — which typing then casts to the declared type like any value."""
-    import pyarrow.parquet as pq
     from pyspark.sql import functions as F
     from pyspark.sql.types import (
         ArrayType,
@@ -495,8 +504,7 @@ def _read_raw_types_apart(
 
     groups: dict[str, list[str]] = {}
     for path in paths:
-        with lake.fs.open_input_file(lake.path(path)) as handle:
-            groups.setdefault(pq.read_schema(handle).to_string(), []).append(path)
+        groups.setdefault(_footer_schema(lake, path).to_string(), []).append(path)
     frames = [spark.read.parquet(*[lake.spark_uri(p) for p in g]) for g in groups.values()]
     schemas = [frame.schema for frame in frames]  # one analysis each (Spark Connect)
     kinds: dict[str, list[DataType]] = {}
