@@ -12,6 +12,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import yaml
 
+from raw2gold.config.models import PipelineConfig
 from raw2gold.lake.layout import Lake
 
 USERS = {
@@ -222,3 +223,12 @@ def csv_pipeline(
         )
     )
     return path
+
+
+def daily_partitioned(shop: PipelineConfig) -> PipelineConfig:
+    """The shop with daily_category_revenue partitioned by purchase_date, as a large table would
+    be (the example leaves its few hundred rows unpartitioned): an incremental publish then
+    replaces or appends whole days, and maintenance meets one small file per partition."""
+    daily = shop.gold["daily_category_revenue"]
+    partitioned = daily.model_copy(update={"partition_by": ["purchase_date"]})
+    return shop.model_copy(update={"gold": {**shop.gold, "daily_category_revenue": partitioned}})

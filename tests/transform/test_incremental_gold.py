@@ -1,8 +1,10 @@
 """Incremental gold: only the groups that changed processed rows touch are rebuilt and replaced.
 
-The shop's daily_category_revenue (Delta, by purchase_date) and customer_lifetime_value
-(Parquet, by user_id) are incremental; top_products is not. After every run the published gold
-must equal the independent computation over all raw runs, whatever the build did.
+The shop's daily_category_revenue (Delta, by purchase_date; partitioned by it here, as a large
+table would be, so that its days are replaced by replaceWhere or appended) and
+customer_lifetime_value (Parquet, by user_id) are incremental; top_products is not. After
+every run the published gold must equal the independent computation over all raw runs,
+whatever the build did.
 """
 
 from __future__ import annotations
@@ -24,7 +26,14 @@ from raw2gold.transform.gold import plan_build
 from raw2gold.transform.job import STAGES, run_stage
 from tests.publish.digest import tree_digest
 from tests.story import Story
-from tests.transform.rawdata import MAKES, categories, shop_records, ts, write_raw_run
+from tests.transform.rawdata import (
+    MAKES,
+    categories,
+    daily_partitioned,
+    shop_records,
+    ts,
+    write_raw_run,
+)
 from tests.transform.reference import assert_gold_matches_reference, parse_ts
 
 T0 = datetime(2026, 1, 8, 6, tzinfo=UTC)
@@ -147,7 +156,7 @@ def shop(tmp_path_factory: pytest.TempPathFactory, spark: Any, shop_pipeline: Pa
     """The shop's lake and the runs this module's tests follow, reached in order
     (:class:`tests.story.Story`): a test picked alone runs the ones before its own first."""
     lake_dir = tmp_path_factory.mktemp("incremental") / "lake"
-    config = load_pipeline(shop_pipeline, str(lake_dir))
+    config = daily_partitioned(load_pipeline(shop_pipeline, str(lake_dir)))
     lake = Lake(config.lake)
     records = shop_records()
     write_raw_run(lake, "faker", "r1", records, T0)

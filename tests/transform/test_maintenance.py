@@ -18,7 +18,13 @@ from raw2gold.lake.layout import Lake
 from raw2gold.transform.delta import live_files, log_commit, log_row_count, log_version
 from raw2gold.transform.job import STAGES, run_stage
 from raw2gold.transform.maintenance import STATE
-from tests.transform.rawdata import categories, shop_records, ts, write_raw_run
+from tests.transform.rawdata import (
+    categories,
+    daily_partitioned,
+    shop_records,
+    ts,
+    write_raw_run,
+)
 from tests.transform.reference import assert_gold_matches_reference
 
 T0 = datetime(2026, 1, 8, 6, tzinfo=UTC)
@@ -49,7 +55,7 @@ def test_optimize_and_vacuum_keep_rows_and_incremental_builds(
     tmp_path: Path, spark: Any, shop_pipeline: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     lake_dir = tmp_path / "lake"
-    shop = load_pipeline(shop_pipeline, str(lake_dir))
+    shop = daily_partitioned(load_pipeline(shop_pipeline, str(lake_dir)))
     settings = MaintenanceConfig(optimize_min_files=3, vacuum_retain_hours=0, vacuum_every_hours=24)
     config = shop.model_copy(update={"maintenance": settings})
     lake = Lake(config.lake)
