@@ -19,6 +19,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from tests.e2e.reference import (
     RAW2GOLD,
     assert_faker_rebuilt_from_scratch,
@@ -131,23 +133,26 @@ def test_the_scheduled_run_reaches_gold_and_a_triggered_one_takes_params(
     assert_shop_gold_matches_reference(lake)
 
 
-def _pids(matches: Callable[[list[bytes]], bool]) -> list[int]:
-    """PIDs of the processes whose command line ``matches``."""
+def _pids(shop: ShopAirflow, matches: Callable[[list[bytes]], bool]) -> list[int]:
+    """PIDs of the processes this Airflow started (descendants of its components, which may
+    have left their process groups) whose command line ``matches``; other tests' processes
+    running at the same time are not counted."""
+    components = {c.pid for c in shop.state.components}
     pids = []
-    for proc in Path("/proc").iterdir():
+    for proc in psutil.process_iter():
         try:
-            argv = (proc / "cmdline").read_bytes().split(b"\0")
-        except OSError:
+            argv = Path(f"/proc/{proc.pid}/cmdline").read_bytes().split(b"\0")
+            if matches(argv) and components & {p.pid for p in proc.parents()}:
+                pids.append(proc.pid)
+        except (OSError, psutil.Error):
             continue
-        if matches(argv):
-            pids.append(int(proc.name))
     return pids
 
 
-def _connector_pids(package: str) -> list[int]:
+def _connector_pids(shop: ShopAirflow, package: str) -> list[int]:
     """PIDs of connector processes reading (`<entrypoint> read --config …`)."""
     return _pids(
-        lambda argv: any(a.endswith(package.encode()) for a in argv[:2]) and b"read" in argv
+        shop, lambda argv: any(a.endswith(package.encode()) for a in argv[:2]) and b"read" in argv
     )
 
 
@@ -200,9 +205,9 @@ def test_a_connector_task_killed_from_airflow_stops_its_connector_and_commits_no
     # the run reading (run alone, this test's trigger unpauses the DAG: the scheduled run of
     # the latest interval may come first)
     run_id = _wait("ingest.faker to run", lambda: _running(shop_airflow, "ingest.faker"))
-    _wait("source-faker to read", lambda: _connector_pids("source-faker"))
+    _wait("source-faker to read", lambda: _connector_pids(shop_airflow, "source-faker"))
     time.sleep(3)
-    pids = _connector_pids("source-faker")  # still reading, with its worker processes
+    pids = _connector_pids(shop_airflow, "source-faker")  # still reading, with its worker processes
     assert pids
     log = _fail_task(shop_airflow, run_id, "ingest.faker")
 
@@ -240,7 +245,9 @@ def test_a_spark_task_killed_from_airflow_interrupts_its_query_and_gold_stays(
     servers_before = set(lake.glob("_state/runs/*/spark_server.json"))
 
     task = "gold.build.top_products"
-    started = _trigger(shop_airflow, 'sources=["catalog_csv"]', "full_refresh=true", wait=False)
+    # the same CSV and no new faker run: processed and the other models are unchanged; the
+    # changed model is rebuilt
+    started = _trigger(shop_airflow, 'sources=["catalog_csv"]', wait=False)
     assert started.returncode == 0, started.stdout + started.stderr
     run_id = _wait(f"{task} to run", lambda: _running(shop_airflow, task), 300)
     logs = Path(shop_airflow.state.airflow_home) / "logs"
@@ -255,7 +262,7 @@ def test_a_spark_task_killed_from_airflow_interrupts_its_query_and_gold_stays(
     )
     time.sleep(3)  # the write is on the server, summing
     # the local job (`python -m raw2gold.transform.job … --stage gold …`)
-    jobs = _pids(lambda argv: b"raw2gold.transform.job" in argv and b"gold" in argv)
+    jobs = _pids(shop_airflow, lambda argv: b"raw2gold.transform.job" in argv and b"gold" in argv)
     assert jobs
     log = _fail_task(shop_airflow, run_id, task)
 

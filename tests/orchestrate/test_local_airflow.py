@@ -21,6 +21,7 @@ from tests.fixtures.airflow import (
     FAILING_DAG,
     OVERDUE_CONN,
     OVERDUE_DAG,
+    OVERDUE_RELEASE,
     OVERDUE_SECONDS,
     PARAMS_DAG,
     SCHEDULED_DAG,
@@ -152,6 +153,7 @@ def test_overdue_run_sends_a_deadline_alert_and_still_succeeds(
     assert alert["run_id"] == run_id
     assert run_id in alert["text"] and "has not finished" in alert["text"]
     assert alert["details"]["dag_id"] == OVERDUE_DAG
+    (airflow_server.out / OVERDUE_RELEASE).touch()  # the task may end now
     finished = _wait_run(airflow_server, OVERDUE_DAG, run_id)
     assert finished["state"] == "success"
     assert len(http_receiver.received()) == 1
