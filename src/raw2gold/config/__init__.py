@@ -7,6 +7,7 @@ from raw2gold.config.loader import (
     load_pipeline,
     load_pipelines,
     model_refs,
+    pipeline_files,
     resolve_env,
     resolve_env_tree,
 )
@@ -27,6 +28,7 @@ __all__ = [
     "LakeConfig",
     "PipelineConfig",
     "Problem",
+    "pipeline_files",
     "ProcessedModel",
     "SourceConfig",
     "StreamConfig",

@@ -407,6 +407,18 @@ def gold_order(config: PipelineConfig) -> list[str]:
     return list(TopologicalSorter(graph).static_order())
 
 
+def pipeline_files(spec: str) -> list[Path]:
+    """The files ``spec``'s paths and globs (os.pathsep-separated, ``~`` expanded) name; a
+    glob that matches nothing stays as it is, for the caller to report."""
+    import glob
+
+    paths: list[Path] = []
+    for pattern in filter(None, spec.split(os.pathsep)):
+        pattern = os.path.expanduser(pattern)
+        paths.extend(Path(m) for m in (sorted(glob.glob(pattern)) or [pattern]))
+    return paths
+
+
 def load_pipelines(paths: list[Path]) -> list[PipelineConfig]:
     """Load several pipeline files (:func:`load_pipeline`); two of the same name are a
     :class:`ConfigError`: in Airflow they would be one DAG, one hiding the other."""

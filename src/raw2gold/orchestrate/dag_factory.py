@@ -15,7 +15,6 @@ files parse fast. Users add sources and models by editing config, never this cod
 
 from __future__ import annotations
 
-import glob
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -24,7 +23,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, Asset, Param, TaskGroup
 
-from raw2gold.config import PipelineConfig, load_pipelines
+from raw2gold.config import PipelineConfig, load_pipelines, pipeline_files
 from raw2gold.config.loader import REF_IN_SQL, gold_order, model_refs
 from raw2gold.orchestrate.airbyte_operators import AirbyteServerSyncOperator
 from raw2gold.orchestrate.notify import failure_callbacks, overdue_alert, retry_callbacks
@@ -215,11 +214,7 @@ def build_dag(config: PipelineConfig) -> DAG:
 def pipeline_paths(default: str | None = None) -> list[Path]:
     """Pipeline files named by RAW2GOLD_PIPELINES (paths or globs, os.pathsep-separated)."""
     spec = os.environ.get(PIPELINES_ENV) or default or ""
-    paths: list[Path] = []
-    for pattern in filter(None, spec.split(os.pathsep)):
-        matches = sorted(glob.glob(os.path.expanduser(pattern)))
-        paths.extend(Path(m).resolve() for m in (matches or [pattern]))
-    return paths
+    return [path.resolve() for path in pipeline_files(spec)]
 
 
 def load_dags(default: str | None = None) -> dict[str, DAG]:

@@ -274,21 +274,10 @@ def check_db_driver(db_url: str) -> None:
         )
 
 
-def pipeline_files(spec: str) -> list[Path]:
-    """The files ``spec``'s paths and globs (os.pathsep-separated) name; a glob that matches
-    nothing stays as it is, for the caller to report."""
-    import glob
-
-    paths: list[Path] = []
-    for pattern in filter(None, spec.split(os.pathsep)):
-        paths.extend(Path(m) for m in (sorted(glob.glob(pattern)) or [pattern]))
-    return paths
-
-
 def check_pipelines(spec: str) -> list[Path]:
     """The pipeline files named by ``spec``; each must exist and be valid, and no two may share a
     name (ConfigError if not)."""
-    from raw2gold.config import load_pipelines
+    from raw2gold.config import load_pipelines, pipeline_files
 
     paths = pipeline_files(spec)
     missing = [str(p) for p in paths if not p.is_file()]
@@ -555,7 +544,7 @@ def down(
 
 def stop_shared_spark_servers(spec: str, say: Callable[[str], Any]) -> int:
     """Stop the shared Spark Connect server of each pipeline in ``spec`` that has one here."""
-    from raw2gold.config import ConfigError, load_pipeline
+    from raw2gold.config import ConfigError, load_pipeline, pipeline_files
     from raw2gold.transform.connect import stop_shared_server
 
     stopped = 0
