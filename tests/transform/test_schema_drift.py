@@ -197,3 +197,33 @@ def test_an_undeclared_column_keeps_its_type_and_a_value_that_does_not_fit_is_qu
     [bad] = quarantine.collect()
     assert bad["reason"] == "column score: cannot cast x to bigint"
     assert json.loads(bad["record"])["score"] == "x"
+
+
+def test_epoch_milliseconds_declared_as_a_timestamp_are_quarantined_not_stored_in_year_56000(
+    tmp_path: Path, spark: Any, shop_pipeline: Path
+) -> None:
+    """A number cast to a timestamp is seconds since 1970. A source sending epoch
+    milliseconds gave timestamps in the year ~56000, stored without a word; a value outside
+    years 1 to 9999 now goes to quarantine with the reason and the fix."""
+    lake_dir = tmp_path / "lake"
+    shop = load_pipeline(shop_pipeline, str(lake_dir))
+    columns = {**shop.processed["users"].columns, "last_login": "timestamp"}
+    config = with_processed(shop, "users", columns=columns)
+    lake = Lake(config.lake)
+    users = shop_records(users=3)["users"]
+    seconds = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+    logins = [seconds, seconds * 1000, None]
+    rows = [{**u, "last_login": login} for u, login in zip(users, logins, strict=True)]
+    write_raw_run(lake, "faker", "r1", {"users": rows}, T1, extra_fields={"last_login": pa.int64()})
+    [result] = build_processed(spark, config, "run1", tables=["users"])
+    assert result.rows_quarantined == 1
+    table = spark.read.format("delta").load(str(lake_dir / "processed" / "users"))
+    stored = {
+        r["id"]: r["epoch"]
+        for r in table.selectExpr("id", "CAST(last_login AS BIGINT) AS epoch").collect()
+    }
+    assert stored == {users[0]["id"]: seconds, users[2]["id"]: None}
+    quarantine = spark.read.format("delta").load(str(lake_dir / "quarantine" / "users"))
+    [bad] = quarantine.collect()
+    assert bad["reason"].startswith(f"column last_login: cannot cast {seconds * 1000} to timestamp")
+    assert "epoch milliseconds?" in bad["reason"] and "timestamp_millis" in bad["reason"]

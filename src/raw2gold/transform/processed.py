@@ -143,11 +143,34 @@ def processed_raw_runs(lake: Lake, relative: str) -> set[str]:
     return set(found[1]["raw_runs"]) if found else set()
 
 
+# A number cast to a timestamp is seconds since 1970-01-01 UTC; those between years 1 and 9999
+# only. Spark would store later ones (up to year 294247), but such a value is a unit mistake —
+# epoch milliseconds or microseconds read as seconds — and most readers refuse the year.
+EPOCH_SECONDS = (-62135596800, 253402300799)
+EPOCH_HINT = (
+    " (a number is read as seconds since 1970-01-01, and this one falls outside years 1 to "
+    "9999: epoch milliseconds? declare the column bigint and convert it in a gold model, e.g. "
+    "with timestamp_millis)"
+)
+
+
+def _numbers_to_timestamp(spark_type: str, source_type: str) -> bool:
+    """Whether a raw number is cast to a timestamp (read as seconds since the epoch)."""
+    numeric = source_type in (*INTEGER_TYPES, "float", "double") or source_type.startswith(
+        "decimal"
+    )
+    return numeric and spark_type.strip().lower() in ("timestamp", "timestamp_ltz")
+
+
 def _cast(column: str, spark_type: str, source_type: str) -> str:
     name = quote(column)
     if COMPLEX.match(spark_type.strip()) and source_type == "string":
         return f"from_json({name}, '{spark_type}')"
-    return f"try_cast({name} AS {spark_type})"
+    cast = f"try_cast({name} AS {spark_type})"
+    if _numbers_to_timestamp(spark_type, source_type):
+        low, high = EPOCH_SECONDS
+        return f"CASE WHEN {name} BETWEEN {low} AND {high} THEN {cast} END"
+    return cast
 
 
 def one_column_error(table: str, source: str, columns: list[str], where: str = "") -> str:
@@ -300,10 +323,11 @@ def typed_with_reasons(
         bad = F.col(quote(column)).isNotNull() & F.expr(cast).isNull()
         if deleting is not None and column not in needed:
             bad = bad & ~deleting
+        hint = EPOCH_HINT if _numbers_to_timestamp(spark_type, source_types[column]) else ""
         message = F.concat(
             F.lit(f"column {column}: cannot cast "),
             F.coalesce(F.col(quote(column)).cast("string"), F.lit("?")),
-            F.lit(f" to {spark_type}"),
+            F.lit(f" to {spark_type}{hint}"),
         )
         failed.append(bad)
         reasons.append(F.when(bad, message))
