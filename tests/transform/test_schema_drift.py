@@ -199,11 +199,11 @@ def test_an_undeclared_column_keeps_its_type_and_a_value_that_does_not_fit_is_qu
     assert json.loads(bad["record"])["score"] == "x"
 
 
-def test_epoch_milliseconds_declared_as_a_timestamp_are_quarantined_not_stored_in_year_56000(
+def test_epoch_milliseconds_declared_as_a_timestamp_are_quarantined_not_stored_in_year_58000(
     tmp_path: Path, spark: Any, shop_pipeline: Path
 ) -> None:
     """A number cast to a timestamp is seconds since 1970. A source sending epoch
-    milliseconds gave timestamps in the year ~56000, stored without a word; a value outside
+    milliseconds gave timestamps in the year ~58000, stored without a word; a value outside
     years 1 to 9999 now goes to quarantine with the reason and the fix."""
     lake_dir = tmp_path / "lake"
     shop = load_pipeline(shop_pipeline, str(lake_dir))
