@@ -165,6 +165,12 @@ def with_processed(config: Any, table: str, **update: Any) -> Any:
     return config.model_copy(update={"processed": {**config.processed, table: model}})
 
 
+def with_gold(config: Any, table: str, **update: Any) -> Any:
+    """The pipeline config with gold model `table`'s settings changed (e.g. partition_by)."""
+    model = config.gold[table].model_copy(update=update)
+    return config.model_copy(update={"gold": {**config.gold, table: model}})
+
+
 def categories(rows: list[tuple[str, str, str]] | None = None) -> list[dict[str, Any]]:
     rows = rows or [(m, c, "X") for m, c in MAKES]
     return [{"make": m, "category": c, "country": k} for m, c, k in rows]
@@ -229,6 +235,4 @@ def daily_partitioned(shop: PipelineConfig) -> PipelineConfig:
     """The shop with daily_category_revenue partitioned by purchase_date, as a large table would
     be (the example leaves its few hundred rows unpartitioned): an incremental publish then
     replaces or appends whole days, and maintenance meets one small file per partition."""
-    daily = shop.gold["daily_category_revenue"]
-    partitioned = daily.model_copy(update={"partition_by": ["purchase_date"]})
-    return shop.model_copy(update={"gold": {**shop.gold, "daily_category_revenue": partitioned}})
+    return with_gold(shop, "daily_category_revenue", partition_by=["purchase_date"])

@@ -32,6 +32,7 @@ from tests.transform.rawdata import (
     daily_partitioned,
     shop_records,
     ts,
+    with_gold,
     write_raw_run,
 )
 from tests.transform.reference import assert_gold_matches_reference, parse_ts
@@ -289,9 +290,7 @@ def test_full_refresh_and_a_changed_model_rebuild_in_full(shop: Any) -> None:
     assert {b[:2] for b in builds(summaries).values()} == {("full", "full refresh requested")}
     assert_gold_matches_reference(shop.config)
 
-    daily = shop.config.gold[DAILY]
-    fewer_checks = daily.model_copy(update={"checks": daily.checks[:1]})
-    changed = shop.config.model_copy(update={"gold": {**shop.config.gold, DAILY: fewer_checks}})
+    changed = with_gold(shop.config, DAILY, checks=shop.config.gold[DAILY].checks[:1])
     plan = plan_build(changed, DAILY, "run8", False)
     assert (plan.mode, plan.reason) == ("full", "the model or its config changed")
     assert plan_build(shop.config, DAILY, "run8", False).mode == "unchanged"
