@@ -15,6 +15,14 @@ Each Delta commit carries lineage as userMetadata (run id, processed inputs with
 rows, check results); the same lineage goes to ``_state/runs/<run_id>/publish.json``. Publishing
 a run twice changes nothing the second time. Each table flips atomically; if publishing stops
 between two tables, re-running publish for the run completes the rest.
+
+Two runs at once (``raw2gold run`` beside a scheduled run): each publish of a table is numbered
+(``publish_number`` in its lineage) and a build records the number it followed. A run publishes
+a table only if no other run published it since its build: checked before writing, and for Delta
+again by Delta itself (the commit records transaction id ``raw2gold`` at the new number, so of
+two publishes following the same one, Delta keeps one). A Parquet pointer is compared again just
+before it is replaced; two pointer writes within that instant are not caught (object stores
+offer no compare-and-swap raw2gold relies on).
 """
 
 from __future__ import annotations
@@ -29,9 +37,10 @@ from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.loader import gold_order
 from raw2gold.config.models import PipelineConfig
-from raw2gold.errors import Raw2GoldError, first_line
+from raw2gold.errors import Raw2GoldError, error_class, first_line
 from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.transform.delta import (
+    CONCURRENT,
     commit_metadata,
     delta_ref,
     is_delta,
@@ -109,22 +118,53 @@ def current_pointer(lake: Lake, table: str) -> dict[str, Any] | None:
     return pointer
 
 
+def _newest_publish(
+    lake: Lake, config: PipelineConfig, table: str
+) -> tuple[int, dict[str, Any]] | None:
+    """(Delta version or -1 for Parquet, lineage) of a gold table's newest raw2gold publish."""
+    if config.gold[table].format == "parquet":
+        pointer = current_pointer(lake, table)
+        meta = (pointer or {}).get("lineage")
+        return (-1, dict(meta)) if isinstance(meta, dict) else None
+    return newest_metadata(lake, lake.gold_table(table), "raw2gold_run_id", look_back=None)
+
+
 def last_publish(lake: Lake, config: PipelineConfig, table: str) -> dict[str, Any] | None:
     """The lineage recorded by a gold table's newest raw2gold publish (None: never published).
 
     Read without Spark: the newest Delta commits' userMetadata, or the Parquet pointer.
     """
-    if config.gold[table].format == "parquet":
-        pointer = current_pointer(lake, table)
-        meta = (pointer or {}).get("lineage")
-        return dict(meta) if isinstance(meta, dict) else None
-    found = newest_metadata(lake, lake.gold_table(table), "raw2gold_run_id")
+    found = _newest_publish(lake, config, table)
     if found is None:
         return None
     version, meta = found
     if meta.get("rows") is None:  # an incremental publish leaves the rows to the Delta log
         meta = {**meta, "rows": log_row_count(lake, lake.gold_table(table), version)}
     return meta
+
+
+def publish_number(meta: dict[str, Any] | None) -> int:
+    """The number of the publish whose lineage this is (0: none, or one recorded before
+    publishes were numbered)."""
+    return int((meta or {}).get("publish_number") or 0)
+
+
+def another_run_published(table: str, other: str | None) -> str:
+    """What to tell when another run published a table after this run built it."""
+    who = f"another run ({other})" if other else "another run"
+    return (
+        f"gold {table}: {who} published the table after this run built it, so this run "
+        "published nothing to it (its build may be older than what is published); run again "
+        "to build from the newest data"
+    )
+
+
+def _refuse_if_overtaken(lake: Lake, config: PipelineConfig, table: str, built_on: int) -> None:
+    """Raise unless the table's newest publish is still the one the build followed."""
+    found = _newest_publish(lake, config, table)
+    meta = found[1] if found else None
+    if publish_number(meta) != built_on:
+        raise PublishError(another_run_published(table, (meta or {}).get("raw2gold_run_id")))
 
 
 def lineage(spark: SparkSession, config: PipelineConfig, run_id: str) -> dict[str, Any]:
@@ -157,42 +197,86 @@ def _publish_delta(
     df: DataFrame,
     metadata: dict[str, Any],
     incremental: bool = False,
+    built_on: int | None = None,
 ) -> tuple[str, str]:
-    model = config.gold[table]
+    """Publish in one Delta commit unless this run did already or another run published the
+    table after this run's build (``built_on``: the publish number the build followed; None:
+    a build recorded before publishes were numbered, not compared)."""
     relative = lake.gold_table(table)
-    uri = lake.spark_uri(relative)
     # this run's commit, if an earlier attempt made it (any commit the log still holds)
     done = newest_metadata(lake, relative, "raw2gold_run_id", look_back=None, value=run_id)
     if done is not None:
         return "already_published", str(done[0])
-    if incremental:
-        _replace_groups(spark, config, run_id, table, uri, df, metadata)
-    elif model.mode == "merge" and is_delta(lake, relative):
-        view = f"__r2g_publish_{table}"
-        df.createOrReplaceTempView(view)
-        on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in model.keys)
-        with commit_metadata(spark, metadata):
-            spark.sql(
-                f"MERGE INTO {delta_ref(uri)} AS t USING {view} AS s ON {on} "
-                "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+    if built_on is None:
+        built_on = publish_number(last_publish(lake, config, table))
+    _refuse_if_overtaken(lake, config, table, built_on)
+    metadata = {**metadata, "publish_number": built_on + 1}
+    _write_delta(spark, config, lake, table, run_id, df, metadata, incremental, built_on)
+    done = newest_metadata(lake, relative, "raw2gold_run_id", look_back=None, value=run_id)
+    if done is None:  # Delta skipped the write: another run's commit holds the number
+        newest = last_publish(lake, config, table)
+        raise PublishError(another_run_published(table, (newest or {}).get("raw2gold_run_id")))
+    return "published", str(done[0])
+
+
+def _write_delta(
+    spark: SparkSession,
+    config: PipelineConfig,
+    lake: Lake,
+    table: str,
+    run_id: str,
+    df: DataFrame,
+    metadata: dict[str, Any],
+    incremental: bool,
+    built_on: int,
+) -> None:
+    """The publish's one commit, with Delta's transaction id ``raw2gold`` at ``built_on + 1``:
+    Delta skips it, or fails it with a concurrent-transaction conflict, if another publish
+    took that number first."""
+    model = config.gold[table]
+    relative = lake.gold_table(table)
+    uri = lake.spark_uri(relative)
+    try:
+        if incremental:
+            _replace_groups(spark, config, run_id, table, uri, df, metadata, built_on)
+        elif model.mode == "merge" and is_delta(lake, relative):
+            view = f"__r2g_publish_{table}"
+            df.createOrReplaceTempView(view)
+            on = " AND ".join(f"t.{quote(k)} = s.{quote(k)}" for k in model.keys)
+            with commit_metadata(spark, metadata, built_on):
+                spark.sql(
+                    f"MERGE INTO {delta_ref(uri)} AS t USING {view} AS s ON {on} "
+                    "WHEN MATCHED THEN UPDATE SET * WHEN NOT MATCHED THEN INSERT *"
+                )
+            spark.catalog.dropTempView(view)
+        elif model.mode == "replace_partitions" and is_delta(lake, relative):
+            writer = (
+                df.write.format("delta")
+                .mode("overwrite")
+                .option("partitionOverwriteMode", "dynamic")
+                .partitionBy(*model.partition_by)
             )
-        spark.catalog.dropTempView(view)
-    elif model.mode == "replace_partitions" and is_delta(lake, relative):
-        writer = (
-            df.write.format("delta")
-            .mode("overwrite")
-            .option("partitionOverwriteMode", "dynamic")
-            .partitionBy(*model.partition_by)
-        )
-        with commit_metadata(spark, metadata):
-            writer.save(uri)
-    else:
-        writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
-        if model.partition_by:
-            writer = writer.partitionBy(*model.partition_by)
-        with commit_metadata(spark, metadata):
-            writer.save(uri)
-    return "published", str(log_version(lake, relative))
+            with commit_metadata(spark, metadata, built_on):
+                writer.save(uri)
+        else:
+            writer = df.write.format("delta").mode("overwrite").option("overwriteSchema", "true")
+            if model.partition_by:
+                writer = writer.partitionBy(*model.partition_by)
+            with commit_metadata(spark, metadata, built_on):
+                writer.save(uri)
+    except Exception as exc:
+        kind = error_class(exc) or ""
+        if not kind.startswith(CONCURRENT):
+            raise
+        newest = last_publish(lake, config, table)
+        if publish_number(newest) != built_on:
+            other = (newest or {}).get("raw2gold_run_id")
+            raise PublishError(another_run_published(table, other)) from exc
+        raise PublishError(
+            f"gold {table}: another commit to the table (maintenance, or a writer other than "
+            f"raw2gold) conflicted with this run's ({kind}), so this run published nothing to "
+            "it; publish the run again"
+        ) from exc
 
 
 def _partition_groups(
@@ -271,6 +355,7 @@ def _replace_groups(
     uri: str,
     staged: DataFrame,
     metadata: dict[str, Any],
+    built_on: int,
 ) -> None:
     """One MERGE commit: delete the gold rows of the rebuilt groups, insert their new rows.
 
@@ -296,7 +381,7 @@ def _replace_groups(
             writer = writer.mode("overwrite").option(
                 "replaceWhere", _partition_predicate(incremental.by, partitions)
             )
-        with commit_metadata(spark, metadata):
+        with commit_metadata(spark, metadata, built_on):
             writer.save(uri)
         return
     groups = [f"{AFFECTED_PREFIX}{i}" for i in range(len(incremental.by))]
@@ -315,7 +400,7 @@ def _replace_groups(
     pairs = zip(incremental.by, groups, strict=True)
     on = " AND ".join(f"t.{quote(b)} <=> s.{g}" for b, g in pairs)
     names = [quote(c) for c in staged.columns]
-    with commit_metadata(spark, metadata):
+    with commit_metadata(spark, metadata, built_on):
         spark.sql(
             f"MERGE INTO {delta_ref(uri)} AS t USING {view} AS s "
             f"ON s.__r2g_op = 'delete' AND {on} "
@@ -338,13 +423,22 @@ def _publish_parquet(
     run_id: str,
     df: DataFrame,
     metadata: dict[str, Any],
+    built_on: int | None = None,
 ) -> tuple[str, str, int]:
-    """Write the rows as a new version folder, then switch the pointer; (action, version, rows)."""
+    """Write the rows as a new version folder, then switch the pointer; (action, version, rows).
+
+    Refused, writing nothing, when another run published the table after this run's build
+    (``built_on`` as for :func:`_publish_delta`).
+    """
     model = config.gold[table]
     pointer = current_pointer(lake, table)
-    if pointer and pointer.get("version") == run_id:
-        return "already_published", run_id, parquet_rows(lake, pointer["path"])
     relative = f"{lake.gold_table(table)}/version={run_id}"
+    if pointer and run_id in pointer.get("versions", []):  # an earlier attempt published it
+        return "already_published", run_id, parquet_rows(lake, relative)
+    if built_on is None:
+        built_on = publish_number((pointer or {}).get("lineage"))
+    _refuse_if_overtaken(lake, config, table, built_on)
+    metadata = {**metadata, "publish_number": built_on + 1}
     writer = df.write.mode("overwrite")
     if model.partition_by:
         writer = writer.partitionBy(*model.partition_by)
@@ -362,24 +456,36 @@ def _publish_parquet(
         **history_inputs(config, table, metadata),
     }
     old_entries = [e for e in (pointer or {}).get("history", []) if e.get("version") in versions]
-    lake.write_json(
-        pointer_path(table),
-        {
-            "version": run_id,
-            "path": relative,
-            "format": "parquet",
-            "partition_by": model.partition_by,
-            "schema": written_schema(df.schema),
-            "published_at": utc_now(),
-            "versions": versions,
-            "history": [entry, *[e for e in old_entries if e.get("version") != run_id]],
-            "lineage": metadata,
-        },
-    )
+    new_pointer = {
+        "version": run_id,
+        "path": relative,
+        "format": "parquet",
+        "partition_by": model.partition_by,
+        "schema": written_schema(df.schema),
+        "published_at": utc_now(),
+        "versions": versions,
+        "history": [entry, *[e for e in old_entries if e.get("version") != run_id]],
+        "lineage": metadata,
+    }
+    try:
+        _write_pointer(config, lake, table, new_pointer, built_on)
+    except PublishError:
+        lake.delete_dir(relative)
+        raise
+    # keep what a pointer written since names too (two pointer writes within one instant)
+    kept = set(versions) | set((current_pointer(lake, table) or {}).get("versions", []))
     for old in _version_dirs(lake, table):
-        if old not in versions:
+        if old not in kept:
             lake.delete_dir(f"{lake.gold_table(table)}/version={old}")
     return "published", run_id, int(metadata["rows"])
+
+
+def _write_pointer(
+    config: PipelineConfig, lake: Lake, table: str, pointer: dict[str, Any], built_on: int
+) -> None:
+    """Replace the table's pointer in one write, unless another run published it meanwhile."""
+    _refuse_if_overtaken(lake, config, table, built_on)
+    lake.write_json(pointer_path(table), pointer)
 
 
 def _publish_table(
@@ -408,6 +514,7 @@ def _publish_table(
             round(time.monotonic() - started, 3),
         )
     incremental = build["mode"] == "incremental"
+    built_on = build.get("built_on_publish")  # None: staged before publishes were numbered
     df = read_staged(spark, config, run_id, table, build)
     # Rows as the check stage counted them, or the staged rows of a full build that replaces
     # the table; else the publish reads them after writing (Delta log, Parquet footers).
@@ -420,13 +527,15 @@ def _publish_table(
         metadata = {**metadata, "rows": rows}
     if model.format == "delta":
         action, version = _publish_delta(
-            spark, config, lake, table, run_id, df, metadata, incremental
+            spark, config, lake, table, run_id, df, metadata, incremental, built_on
         )
         if rows is None:
             rows = table_rows(spark, lake, lake.gold_table(table), int(version))
     else:
         whole = prospective(spark, config, run_id, table) if incremental else df
-        action, version, rows = _publish_parquet(config, lake, table, run_id, whole, metadata)
+        action, version, rows = _publish_parquet(
+            config, lake, table, run_id, whole, metadata, built_on
+        )
     log.info("gold %s %s (version %s, %d rows)", table, action, version, rows)
     return PublishResult(
         table,

@@ -19,6 +19,8 @@ USER_METADATA = "spark.databricks.delta.commitInfo.userMetadata"
 TXN_APP_ID = "spark.databricks.delta.write.txnAppId"
 TXN_VERSION = "spark.databricks.delta.write.txnVersion"
 TXN_APP = "raw2gold"
+# Error classes of a commit that lost to another writer's (conflicts Delta does not resolve)
+CONCURRENT = ("DELTA_CONCURRENT", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED")
 
 # Commits that rewrite or delete files without changing rows (their actions have
 # dataChange=false): table maintenance (raw2gold.transform.maintenance) or a user's own.

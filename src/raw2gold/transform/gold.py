@@ -79,6 +79,7 @@ class BuildPlan:
     model_hash: str
     since: dict[str, str] = field(default_factory=dict)  # versions at the last publish
     changed: list[str] = field(default_factory=list)
+    built_on_publish: int = 0  # the number of the table's publish this build follows
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -352,7 +353,7 @@ def plan_build(
     The versions of the tables it reads are compared with the ones recorded at its last
     publish; processed tables by Delta version, gold tables by the run that last published them.
     """
-    from raw2gold.publish.publisher import last_publish
+    from raw2gold.publish.publisher import last_publish, publish_number
 
     lake = Lake(config.lake)
     model = config.gold[table]
@@ -368,6 +369,7 @@ def plan_build(
             inputs[name] = f"run:{upstream['raw2gold_run_id']}" if upstream else "none"
     plan = BuildPlan(table, "full", "", inputs, model_hash(config, table))
     last = last_publish(lake, config, table)
+    plan.built_on_publish = publish_number(last)
     build = (last or {}).get("build") or {}
     if full_refresh:
         plan.reason = "full refresh requested"

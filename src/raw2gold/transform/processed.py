@@ -76,6 +76,7 @@ from raw2gold.config.models import PipelineConfig, ProcessedModel, processed_nam
 from raw2gold.errors import Raw2GoldError, error_class, first_line, root_cause
 from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.transform.delta import (
+    CONCURRENT,
     NO_DATA_CHANGE,
     commit_metadata,
     commit_versions,
@@ -785,9 +786,6 @@ def process_table(
         if problem is None:
             raise
         raise ProcessedError(problem) from exc
-
-
-CONCURRENT = ("DELTA_CONCURRENT", "DELTA_METADATA_CHANGED", "DELTA_PROTOCOL_CHANGED")
 
 
 def another_run_wrote(table: str, other: str | None = None) -> str:

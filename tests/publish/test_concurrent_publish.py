@@ -1,0 +1,121 @@
+"""Two runs publishing the same gold table (`raw2gold run` beside a scheduled run): a run whose
+build another run's publish overtook publishes nothing to that table and says so, instead of
+putting back what its older build computed."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from raw2gold.config.loader import load_pipeline
+from raw2gold.lake.layout import Lake
+from raw2gold.publish import publisher
+from raw2gold.publish.publisher import PublishError, gold_arrow_table, publish_history
+from raw2gold.transform.job import STAGES, StageError, run_stage
+from tests.publish.digest import tree_digest
+from tests.transform.rawdata import shop_records, ts, users_pipeline, write_raw_run
+
+GOLD = {
+    "by_nationality": "  by_nationality: {sql: by_nationality.sql, format: delta}\n",
+    "ages": "  ages: {sql: ages.sql, format: parquet}\n",
+}
+
+
+def _published(tmp_path: Path, spark: Any, tables: list[str]) -> Any:
+    """A pipeline with these gold tables, which its first run published."""
+    gold = "".join(GOLD[t] for t in tables)
+    (tmp_path / "pipeline.yaml").write_text(users_pipeline("overtaken", gold))
+    (tmp_path / "by_nationality.sql").write_text(
+        "SELECT nationality, COUNT(*) AS users FROM {{ ref('users') }} GROUP BY nationality"
+    )
+    (tmp_path / "ages.sql").write_text("SELECT id, age FROM {{ ref('users') }}")
+    config = load_pipeline(tmp_path / "pipeline.yaml")
+    lake = Lake(config.lake)
+    users = shop_records(users=20)["users"]
+    write_raw_run(lake, "faker", "r1", {"users": users}, datetime(2026, 2, 1, tzinfo=UTC))
+    for stage in STAGES:
+        run_stage(config, stage, "run1", spark=spark)
+    return config
+
+
+def _new_users(lake: Lake, raw_run: str, first_id: int, day: int) -> None:
+    template = shop_records(users=1)["users"][0]
+    users = [{**template, "id": first_id + i, "updated_at": ts(day, i)} for i in range(3)]
+    write_raw_run(lake, "faker", raw_run, {"users": users}, datetime(2026, 2, day, tzinfo=UTC))
+
+
+def _users(config: Any) -> int:
+    """Users in gold, counted from whichever of the two tables the pipeline has."""
+    if "ages" in config.gold:
+        return int(gold_arrow_table(config, "ages").num_rows)
+    return sum(r["users"] for r in gold_arrow_table(config, "by_nationality").to_pylist())
+
+
+def test_a_build_another_run_published_over_is_not_published(tmp_path: Path, spark: Any) -> None:
+    """Run A builds and checks gold from 23 users; run B, started later, publishes 26; then A's
+    publish would have put the 23 back (it did: gold went back to 23 users)."""
+    config = _published(tmp_path, spark, ["by_nationality", "ages"])
+    lake = Lake(config.lake)
+    _new_users(lake, "r2", 100, 2)
+    for stage in ("transform", "check"):
+        run_stage(config, stage, "runA", spark=spark)
+    _new_users(lake, "r3", 200, 3)
+    for stage in STAGES:
+        run_stage(config, stage, "runB", spark=spark)
+    assert (
+        _users(config)
+        == sum(r["users"] for r in gold_arrow_table(config, "by_nationality").to_pylist())
+        == 26
+    )
+    gold = Path(lake.path("gold"))
+    before = tree_digest(gold)
+
+    with pytest.raises(StageError) as caught:
+        run_stage(config, "publish", "runA", spark=spark)
+    assert str(caught.value).splitlines()[0] == (
+        "gold by_nationality: another run (runB) published the table after this "
+        "run built it, so this run published nothing to it (its build may be older than what "
+        "is published); run again to build from the newest data"
+    )
+    assert tree_digest(gold) == before
+    assert [e["run_id"] for e in publish_history(config, "ages")] == ["runB", "run1"]
+
+    # the next run goes through: B's publish already holds the newest data
+    summaries = [run_stage(config, stage, "runC", spark=spark) for stage in STAGES]
+    assert {r["action"] for r in summaries[-1]["gold"].values()} == {"unchanged"}
+
+
+@pytest.mark.parametrize("table", ["by_nationality", "ages"])
+def test_of_two_publishes_at_once_one_commits(
+    tmp_path: Path, spark: Any, monkeypatch: pytest.MonkeyPatch, table: str
+) -> None:
+    """Runs A and B built on the same published table; A publishes inside B's publish of it,
+    after B looked for other runs' publishes (the window two processes share): Delta keeps
+    one of the two commits (its transaction id), the Parquet pointer is switched once."""
+    config = _published(tmp_path, spark, [table])
+    lake = Lake(config.lake)
+    _new_users(lake, "r2", 100, 2)
+    for stage in ("transform", "check"):
+        run_stage(config, stage, "runA", spark=spark)
+    for stage in ("transform", "check"):
+        run_stage(config, stage, "runB", spark=spark)
+    write = publisher._write_delta if table == "by_nationality" else publisher._write_pointer
+    name = write.__name__
+    inner: list[Any] = []
+
+    def another_run_first(*args: Any, **kwargs: Any) -> Any:
+        if not inner:
+            inner.append(None)  # run A's own write goes straight through
+            inner[0] = publisher.publish(spark, config, "runA")
+        return write(*args, **kwargs)
+
+    monkeypatch.setattr(publisher, name, another_run_first)
+    with pytest.raises(PublishError) as caught:
+        publisher.publish(spark, config, "runB")
+    assert str(caught.value).startswith(f"gold {table}: another run (runA) published the table")
+    assert [e["run_id"] for e in publish_history(config, table)] == ["runA", "run1"]
+    assert [r.action for r in inner[0]] == ["published"]
+    assert _users(config) == 23
