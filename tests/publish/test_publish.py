@@ -155,10 +155,12 @@ def test_parquet_keeps_the_newest_versions(spark: Any, mini: Any, tmp_path: Path
             run,
             index + 1,
         )
-    # a retry finds its version and reads the rows from its files
+    # a retry finds its version and reads the rows from its files, also after a later publish
     assert _publish_parquet(config, lake, "ages", "a4", df, {}) == ("already_published", "a4", 4)
+    assert _publish_parquet(config, lake, "ages", "a3", df, {}) == ("already_published", "a3", 3)
     pointer = current_pointer(lake, "ages")
     assert pointer is not None and pointer["version"] == "a4"
+    assert pointer["lineage"]["publish_number"] == 4  # the table's fourth publish
     kept = runs[-KEEP_VERSIONS:][::-1]
     assert pointer["versions"] == kept
     assert sorted(p.name for p in (tmp_path / "lake/gold/ages").glob("version=*")) == sorted(
