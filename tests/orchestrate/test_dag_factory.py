@@ -192,3 +192,24 @@ def test_two_pipelines_of_one_name_are_refused_naming_both(
     text = (copy / "pipeline.yaml").read_text()
     (copy / "pipeline.yaml").write_text(text.replace("name: shop\n", "name: shop_copy\n", 1))
     assert sorted(load_dags()) == ["raw2gold_shop", "raw2gold_shop_copy"]
+
+
+def test_a_pipeline_without_gold_models_ends_after_processed(shop_pipeline: Path) -> None:
+    """Gold models come later for many pipelines: without any, the DAG had a publish task with
+    nothing before it, which ran first and failed every run ("no passed check stage")."""
+    shop = load_pipeline(shop_pipeline)
+    no_gold = shop.model_copy(update={"gold": {}})
+    tasks = {t.task_id: t for t in build_dag(no_gold).tasks}
+    processed = {f"processed.{t}" for t in shop.processed}
+    assert set(tasks) == {"ingest.faker", "ingest.catalog_csv", "spark.start", "spark.stop"} | (
+        processed | {"done"}
+    )
+    assert tasks["done"].upstream_task_ids == processed
+    assert tasks["spark.stop"].upstream_task_ids == processed
+    maintained = build_dag(no_gold.model_copy(update={"maintenance": MaintenanceConfig()}))
+    assert maintained.get_task("maintain").upstream_task_ids == processed
+    assert maintained.get_task("done").upstream_task_ids == {"maintain"}
+    # ingest only: no Spark at all, the run ends after its sources
+    raw_only = build_dag(no_gold.model_copy(update={"processed": {}}))
+    assert set(raw_only.task_ids) == {"ingest.faker", "ingest.catalog_csv", "done"}
+    assert raw_only.get_task("done").upstream_task_ids == {"ingest.faker", "ingest.catalog_csv"}

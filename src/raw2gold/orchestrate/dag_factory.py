@@ -139,7 +139,7 @@ def build_dag(config: PipelineConfig) -> DAG:
             )
 
         server_start = server_stop = None
-        if config.spark.mode == "local":
+        if config.spark.mode == "local" and (config.processed or config.gold):
             steps = len(config.processed) + 2 * len(config.gold) + 1 + bool(config.maintenance)
             with TaskGroup("spark", tooltip="one Spark Connect server for the run's Spark tasks"):
                 server_start = SparkServerOperator(
@@ -169,18 +169,23 @@ def build_dag(config: PipelineConfig) -> DAG:
                 )
                 for table, model in config.processed.items()
             }
-        with TaskGroup("gold", tooltip="processed -> gold: build, check, publish atomically"):
-            with TaskGroup("build", tooltip="each model, after the tables it refers to"):
-                builds = {
-                    m: spark_task(m, "gold", tables=[m], doc_md=_model_doc(config, m))
-                    for m in gold_order(config)
-                }
-            with TaskGroup("check", tooltip="each model's checks, on gold as it would publish"):
-                checks = {model: spark_task(model, "check", tables=[model]) for model in builds}
-            assets = [
-                Asset(name=f"{config.name}.{t}", uri=gold_asset_uri(config, t)) for t in config.gold
-            ]
-            publish = spark_task("publish", "publish", outlets=assets)
+        builds: dict[str, Any] = {}
+        checks: dict[str, Any] = {}
+        publish = None
+        if config.gold:  # a pipeline may have processed tables only (gold models come later)
+            with TaskGroup("gold", tooltip="processed -> gold: build, check, publish atomically"):
+                with TaskGroup("build", tooltip="each model, after the tables it refers to"):
+                    builds = {
+                        m: spark_task(m, "gold", tables=[m], doc_md=_model_doc(config, m))
+                        for m in gold_order(config)
+                    }
+                with TaskGroup("check", tooltip="each model's checks, on gold as it would publish"):
+                    checks = {m: spark_task(m, "check", tables=[m]) for m in builds}
+                assets = [
+                    Asset(name=f"{config.name}.{t}", uri=gold_asset_uri(config, t))
+                    for t in config.gold
+                ]
+                publish = spark_task("publish", "publish", outlets=assets)
         maintain = None
         if config.maintenance is not None:
             maintain = spark_task(
@@ -204,10 +209,13 @@ def build_dag(config: PipelineConfig) -> DAG:
             for table in _checked_against(config, model):
                 builds[table] >> checks[model]
             checks[model] >> publish
-        last = publish if maintain is None else publish >> maintain
-        last >> done
+        ends = [publish] if publish else list(processed.values()) or list(ingest_tasks.values())
+        if maintain is not None:
+            ends >> maintain
+            ends = [maintain]
+        ends >> done
         if server_stop is not None:
-            [*processed.values(), *builds.values(), *checks.values(), last] >> server_stop
+            [*processed.values(), *builds.values(), *checks.values(), *ends] >> server_stop
     return dag
 
 
