@@ -266,3 +266,18 @@ def test_cli_validate_exit_codes(tmp_path: Path, shop_pipeline: Path, capsys) ->
     assert "Traceback" not in err
     assert main(["validate", str(tmp_path / "nope.yaml")]) == 2
     assert "file not found" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("stream", ["../escape", "a//b", "./x", "a\\\\b", "_runs", "_runs/x"])
+def test_a_stream_name_that_would_leave_its_raw_folder_is_refused(
+    tmp_path: Path, stream: str
+) -> None:
+    """Raw files go to raw/<source>/<stream>/: a stream named `../escape` landed its files in
+    raw/escape/ (another source's folder), and `_runs` shared the run manifests' folder."""
+    source = GOOD_SOURCE.replace("{name: users,", f'{{name: "{stream}",')
+    (problem,) = problems_of(write(tmp_path, "name: p\n" + source))
+    unquoted = stream.replace("\\\\", "\\")
+    assert problem.startswith(f"{tmp_path}/pipeline.yaml:7: sources.faker.streams.0.name: stream ")
+    assert repr(unquoted) in problem
+    kept = GOOD_SOURCE.replace("{name: users,", '{name: "Sales 2024/Q1 #1",')
+    assert load_pipeline(write(tmp_path, "name: p\n" + kept)).sources["faker"].streams[0].name

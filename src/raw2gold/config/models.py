@@ -14,6 +14,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 NAME_PATTERN = r"^[a-z][a-z0-9_]*$"
+RUNS_FOLDER = "_runs"  # raw/<source>/_runs/: the source's run manifests (raw2gold.lake.layout)
+STREAM_RENAME_HINT = (
+    "name the stream otherwise where the connector's config names it, e.g. source-file's "
+    "dataset_name"
+)
 Name = Annotated[str, Field(pattern=NAME_PATTERN)]
 ENV_REF = re.compile(r"^\$\{[A-Za-z_][A-Za-z0-9_]*\}$")
 # A connector config key naming a credential holds an ${ENV} reference, never the value itself.
@@ -117,6 +122,23 @@ class StreamConfig(Strict):
     sync_mode: Literal["full_refresh", "incremental"] = "full_refresh"
     cursor_field: list[str] = []
     primary_key: list[str] = []
+
+    @field_validator("name")
+    @classmethod
+    def _name_stays_in_its_folder(cls, name: str) -> str:
+        segments = name.split("/")
+        if any(s in ("", ".", "..") for s in segments) or "\\" in name:
+            raise ValueError(
+                f"stream {name!r}: its raw files go to raw/<source>/<stream>/, and an empty, "
+                "'.' or '..' part of the name or a backslash would put them in another folder "
+                f"of the lake (hint: {STREAM_RENAME_HINT})"
+            )
+        if segments[0] == RUNS_FOLDER:
+            raise ValueError(
+                f"stream {name!r}: raw/<source>/{RUNS_FOLDER}/ holds the source's run manifests "
+                f"(hint: {STREAM_RENAME_HINT})"
+            )
+        return name
 
     @model_validator(mode="after")
     def _incremental_needs_cursor(self) -> StreamConfig:

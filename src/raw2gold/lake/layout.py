@@ -34,7 +34,7 @@ if TYPE_CHECKING:
     import pyarrow as pa
 
 from raw2gold.config.loader import resolve_env
-from raw2gold.config.models import LakeConfig
+from raw2gold.config.models import RUNS_FOLDER, LakeConfig
 
 RUN_ID_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
 
@@ -142,7 +142,7 @@ class Lake:
 
     @staticmethod
     def raw_manifest(source: str, run_id: str) -> str:
-        return f"raw/{source}/_runs/{run_id}.json"
+        return f"raw/{source}/{RUNS_FOLDER}/{run_id}.json"
 
     @staticmethod
     def processed_table(table: str) -> str:
@@ -271,7 +271,9 @@ class Lake:
     # ---- runs ---------------------------------------------------------------------------------
     def committed_raw_runs(self, source: str) -> list[dict[str, Any]]:
         """Manifests of the source's committed runs, oldest first."""
-        manifests = [self.read_json(p) for p in self.list_files(f"raw/{source}/_runs", ".json")]
+        manifests = [
+            self.read_json(p) for p in self.list_files(f"raw/{source}/{RUNS_FOLDER}", ".json")
+        ]
         return sorted(manifests, key=lambda m: (m.get("finished_at", ""), m["run_id"]))
 
     def source_state(self, source: str) -> Any:
