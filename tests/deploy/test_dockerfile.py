@@ -56,14 +56,15 @@ def test_image_has_java_17_raw2gold_and_baked_jars() -> None:
     assert any("python -m raw2gold.transform.jars" in r for r in runs)
     assert any("--require-hashes -r /tmp/dist/requirements.txt" in r for r in runs)
     assert any("uv export --frozen --no-dev" in r for r in runs)
-    # raw2gold's DAG file, from the installed package, lands in the DAGs folder.
-    assert any("/dags/raw2gold_dags.py" in r and "/opt/raw2gold/dags/" in r for r in runs)
+    # raw2gold's DAG files, from the installed package, land in the DAGs folder.
+    assert any("/dags/raw2gold_*.py" in r and "/opt/raw2gold/dags/" in r for r in runs)
 
 
 def test_modules_the_image_runs_exist() -> None:
     src = COMPOSE_DIR.parents[1] / "src" / "raw2gold"
     assert (src / "transform" / "jars.py").is_file()
-    assert (src / "orchestrate" / "dags" / "raw2gold_dags.py").is_file()
+    dag_files = sorted(p.name for p in (src / "orchestrate" / "dags").glob("raw2gold_*.py"))
+    assert dag_files == ["raw2gold_dags.py", "raw2gold_pipeline_problems.py"]
 
 
 def test_final_user_is_not_root() -> None:

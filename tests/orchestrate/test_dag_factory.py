@@ -12,7 +12,12 @@ import pytest
 
 from raw2gold.config import ConfigError, load_pipeline
 from raw2gold.config.models import MaintenanceConfig
-from raw2gold.orchestrate.dag_factory import build_dag, gold_asset_uri, load_dags
+from raw2gold.orchestrate.dag_factory import (
+    build_dag,
+    gold_asset_uri,
+    load_dags,
+    raise_config_problems,
+)
 
 PARSE_PROBE = """
 import json, sys, time
@@ -27,18 +32,23 @@ print(json.dumps({
 """
 
 
-@pytest.fixture(scope="module")
-def dagbag_report(repo_root: Path, tmp_path_factory) -> dict:
-    home = tmp_path_factory.mktemp("airflow")
-    env = {"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PATH": ""}
+def parse_dags_folder(folder: Path, home: Path, **env: str) -> dict:
+    """What Airflow's DagBag makes of a DAG folder, in a fresh interpreter: errors, DAG ids and
+    the heavy modules the parse imported."""
+    env = {"AIRFLOW_HOME": str(home), "AIRFLOW__CORE__LOAD_EXAMPLES": "False", "PATH": "", **env}
     out = subprocess.run(
-        [sys.executable, "-c", PARSE_PROBE, str(repo_root / "dags")],
+        [sys.executable, "-c", PARSE_PROBE, str(folder)],
         capture_output=True,
         text=True,
         env=env,
         check=True,
     ).stdout
     return json.loads(out.strip().splitlines()[-1])
+
+
+@pytest.fixture(scope="module")
+def dagbag_report(repo_root: Path, tmp_path_factory) -> dict:
+    return parse_dags_folder(repo_root / "dags", tmp_path_factory.mktemp("airflow"))
 
 
 def test_dags_folder_imports_without_errors(dagbag_report: dict) -> None:
@@ -178,12 +188,14 @@ def test_two_pipelines_of_one_name_are_refused_naming_both(
     shop_pipeline: Path, tmp_path: Path, monkeypatch
 ) -> None:
     """A copy of the shop under its own name is a second DAG; under the same name it would
-    have replaced the first one's DAG without a word."""
+    have replaced the first one's DAG without a word: the copy gets no DAG, and the problem
+    file names both."""
     copy = tmp_path / "copy"
     shutil.copytree(shop_pipeline.parent, copy, ignore=shutil.ignore_patterns("lake"))
     monkeypatch.setenv("RAW2GOLD_PIPELINES", f"{shop_pipeline}{os.pathsep}{copy}/pipeline.yaml")
+    assert list(load_dags()) == ["raw2gold_shop"]
     with pytest.raises(ConfigError) as caught:
-        load_dags()
+        raise_config_problems()
     assert str(caught.value) == (
         f"{copy}/pipeline.yaml:3: name: pipeline 'shop' is also the name of {shop_pipeline}: "
         "Airflow would have one DAG (raw2gold_shop) for both (hint: give one of them another "
@@ -192,6 +204,26 @@ def test_two_pipelines_of_one_name_are_refused_naming_both(
     text = (copy / "pipeline.yaml").read_text()
     (copy / "pipeline.yaml").write_text(text.replace("name: shop\n", "name: shop_copy\n", 1))
     assert sorted(load_dags()) == ["raw2gold_shop", "raw2gold_shop_copy"]
+    raise_config_problems()  # none left
+
+
+def test_an_invalid_pipeline_leaves_the_others_dags_and_shows_as_an_import_error(
+    repo_root: Path, shop_pipeline: Path, tmp_path: Path
+) -> None:
+    """Airflow's own DagBag on the repo's DAG folder with the shop and a copy that has a typo:
+    the shop keeps its DAG, and the copy's problem is the import error of the problem file.
+    Before, the DAG file raised, and Airflow dropped every DAG of it: one typo stopped every
+    pipeline's schedule."""
+    broken = tmp_path / "broken"
+    shutil.copytree(shop_pipeline.parent, broken, ignore=shutil.ignore_patterns("lake"))
+    text = (broken / "pipeline.yaml").read_text().replace("name: shop\n", "name: broken\n", 1)
+    (broken / "pipeline.yaml").write_text(text.replace("primary_key:", "primary_keys:", 1))
+    pipelines = f"{shop_pipeline}{os.pathsep}{broken}/pipeline.yaml"
+    report = parse_dags_folder(repo_root / "dags", tmp_path, RAW2GOLD_PIPELINES=pipelines)
+    assert report["dags"] == ["raw2gold_shop"]
+    [(file, error)] = report["errors"].items()
+    assert file.endswith("/dags/raw2gold_pipeline_problems.py")
+    assert f"{broken}/pipeline.yaml:" in error and "primary_keys" in error
 
 
 def test_a_pipeline_without_gold_models_ends_after_processed(shop_pipeline: Path) -> None:

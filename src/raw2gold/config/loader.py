@@ -420,26 +420,40 @@ def pipeline_files(spec: str) -> list[Path]:
 
 
 def load_pipelines(paths: list[Path]) -> list[PipelineConfig]:
-    """Load several pipeline files (:func:`load_pipeline`); two of the same name are a
-    :class:`ConfigError`: in Airflow they would be one DAG, one hiding the other."""
+    """Load several pipeline files (:func:`load_pipeline`); any problem of any file is a
+    :class:`ConfigError` (with every file's problems), and so are two of the same name: in
+    Airflow they would be one DAG, one hiding the other."""
+    configs, problems = load_valid_pipelines(paths)
+    if problems:
+        raise ConfigError(problems)
+    return configs
+
+
+def load_valid_pipelines(paths: list[Path]) -> tuple[list[PipelineConfig], list[Problem]]:
+    """Load each pipeline file on its own: (the valid ones, the problems of the others). A file
+    whose name an earlier file took is a problem of the later file."""
     configs: list[PipelineConfig] = []
+    problems: list[Problem] = []
     first: dict[str, Path] = {}
     for path in paths:
-        config = load_pipeline(path)
+        try:
+            config = load_pipeline(path)
+        except ConfigError as exc:
+            problems.extend(exc.problems)
+            continue
         if config.name in first:
             lines = _compose_lines(Path(path).read_text(encoding="utf-8"))
-            raise ConfigError(
-                [
-                    Problem(
-                        str(path),
-                        _line_for(lines, ("name",)),
-                        "name",
-                        f"pipeline {config.name!r} is also the name of {first[config.name]}: "
-                        f"Airflow would have one DAG (raw2gold_{config.name}) for both",
-                        "give one of them another name",
-                    )
-                ]
+            problems.append(
+                Problem(
+                    str(path),
+                    _line_for(lines, ("name",)),
+                    "name",
+                    f"pipeline {config.name!r} is also the name of {first[config.name]}: "
+                    f"Airflow would have one DAG (raw2gold_{config.name}) for both",
+                    "give one of them another name",
+                )
             )
+            continue
         first[config.name] = Path(path)
         configs.append(config)
-    return configs
+    return configs, problems

@@ -15,6 +15,7 @@ files parse fast. Users add sources and models by editing config, never this cod
 
 from __future__ import annotations
 
+import logging
 import os
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -23,7 +24,7 @@ from typing import Any
 import pendulum
 from airflow.sdk import DAG, Asset, Param, TaskGroup
 
-from raw2gold.config import PipelineConfig, load_pipelines, pipeline_files
+from raw2gold.config import ConfigError, PipelineConfig, load_valid_pipelines, pipeline_files
 from raw2gold.config.loader import REF_IN_SQL, gold_order, model_refs
 from raw2gold.orchestrate.airbyte_operators import AirbyteServerSyncOperator
 from raw2gold.orchestrate.notify import failure_callbacks, overdue_alert, retry_callbacks
@@ -35,6 +36,7 @@ from raw2gold.orchestrate.operators import (
 )
 
 PIPELINES_ENV = "RAW2GOLD_PIPELINES"
+log = logging.getLogger(__name__)
 RUN_ID_PATTERN = r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$"
 
 
@@ -226,10 +228,26 @@ def pipeline_paths(default: str | None = None) -> list[Path]:
 
 
 def load_dags(default: str | None = None) -> dict[str, DAG]:
-    """{dag_id: DAG} for every configured pipeline; an invalid config raises with all problems,
-    and so do two pipelines of the same name (one would hide the other)."""
+    """{dag_id: DAG} for every valid configured pipeline.
+
+    An invalid pipeline (or a second one of a name another took) gets no DAG and its problems
+    are logged; the DAG file never raises for it, since Airflow drops every DAG of a file whose
+    import fails. :func:`raise_config_problems`, in a DAG file of its own, shows the problems
+    as that file's import error.
+    """
+    configs, problems = load_valid_pipelines(pipeline_paths(default))
+    for problem in problems:
+        log.error("raw2gold: pipeline left out of the DAGs: %s", problem)
     dags: dict[str, DAG] = {}
-    for config in load_pipelines(pipeline_paths(default)):
+    for config in configs:
         dag = build_dag(config)
         dags[dag.dag_id] = dag
     return dags
+
+
+def raise_config_problems(default: str | None = None) -> None:
+    """Raise :class:`ConfigError` with every configured pipeline's problems, if any (the DAG
+    file ``raw2gold_pipeline_problems.py``: Airflow shows them as its import error)."""
+    _, problems = load_valid_pipelines(pipeline_paths(default))
+    if problems:
+        raise ConfigError(problems)
