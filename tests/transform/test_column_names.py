@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from collections import Counter
 from datetime import UTC, datetime
 from decimal import Decimal
@@ -177,3 +178,60 @@ def test_raw_columns_that_differ_only_in_case_and_a_declared_name_in_another_cas
     )
     [result] = build_processed(spark, config, "run2", tables=["users"])
     assert result.rows == 3
+
+
+NESTED = "struct<`Zip Code`: string, lines: array<struct<`Line No`: int, text: string>>>"
+
+
+def test_struct_field_names_delta_refuses_are_stored_with_underscores(
+    tmp_path: Path, spark: Any
+) -> None:
+    """A declared struct with a field `Zip Code` (JSON keys as the source names them) failed
+    every processed run with DELTA_INVALID_CHARACTERS_IN_COLUMN_NAMES; now the JSON is read by
+    the declared names and stored as Zip_Code, also in arrays of structs and in the empty
+    table a first sync without records creates. A gold model making such a field stops at its
+    build, naming the field's path."""
+    gold = (
+        "  zips:\n    sql: zips.sql\n    format: delta\n"
+        "  nested:\n    sql: nested.sql\n    format: delta\n"
+    )
+    text = users_pipeline("nested", gold).replace(
+        "updated_at: timestamp}", f"updated_at: timestamp, address: '{NESTED}'}}"
+    )
+    (tmp_path / "pipeline.yaml").write_text(text)
+    (tmp_path / "zips.sql").write_text(
+        "SELECT id, address.Zip_Code AS zip, address.lines[0].Line_No AS line_no "
+        "FROM {{ ref('users') }}"
+    )
+    (tmp_path / "nested.sql").write_text(
+        "SELECT id, named_struct('Zip Code', address.Zip_Code) AS place FROM {{ ref('users') }}"
+    )
+    config = load_pipeline(tmp_path / "pipeline.yaml")
+    lake = Lake(config.lake)
+    address = {"address": pa.string()}
+    write_raw_run(
+        lake, "faker", "r0", {"users": []}, datetime(2026, 4, 1, tzinfo=UTC), None, address
+    )
+    run_stage(config, "processed", "run0", spark=spark)
+    table = spark.read.format("delta").load(lake.spark_uri(lake.processed_table("users")))
+    stored = "struct<Zip_Code:string,lines:array<struct<Line_No:int,text:string>>>"
+    assert table.schema["address"].dataType.simpleString() == stored
+
+    users = shop_records(users=4)["users"]
+    for i, user in enumerate(users):
+        place = {"Zip Code": f"0{i}00{i}", "lines": [{"Line No": i + 1, "text": "Main St"}]}
+        user["address"] = json.dumps(place)
+    write_raw_run(
+        lake, "faker", "r1", {"users": users}, datetime(2026, 4, 2, tzinfo=UTC), None, address
+    )
+    run_stage(config, "processed", "run1", spark=spark)
+    run_stage(config, "gold", "run1", spark=spark, tables=["zips"])
+    staged = spark.read.parquet(lake.spark_uri(lake.staging_gold("run1", "zips"))).collect()
+    expected = {u["id"]: (f"0{i}00{i}", i + 1) for i, u in enumerate(users)}
+    assert {r["id"]: (r["zip"], r["line_no"]) for r in staged} == expected
+    with pytest.raises(StageError) as caught:
+        run_stage(config, "gold", "run1", spark=spark, tables=["nested"])
+    assert str(caught.value) == (
+        "gold nested: Delta refuses spaces and ',;{}()=' in column names: rename "
+        "'place.Zip Code' (e.g. to Zip_Code) in nested.sql, or publish it as format: parquet"
+    )

@@ -258,6 +258,21 @@ def processed_name(column: str) -> str:
     return DELTA_REFUSED.sub("_", column)
 
 
+QUOTED_NAME = re.compile(r"`((?:[^`]|``)*)`")
+
+
+def processed_type(spark_type: str) -> str:
+    """A declared Spark type with the struct field names Delta refuses renamed as
+    :func:`processed_name` renames columns (such names can only be written backtick-quoted):
+    ``struct<`Zip Code`: string>`` is stored as ``struct<`Zip_Code`: string>``."""
+
+    def renamed(match: re.Match[str]) -> str:
+        name = match.group(1).replace("``", "`")
+        return "`" + processed_name(name).replace("`", "``") + "`"
+
+    return QUOTED_NAME.sub(renamed, spark_type)
+
+
 SPARK_TYPES = re.compile(
     r"^(string|boolean|tinyint|smallint|int|integer|bigint|long|float|double|date|timestamp|"
     r"timestamp_ntz|binary|decimal\(\d+,\s*\d+\)|array<.+>|map<.+>|struct<.+>)$"

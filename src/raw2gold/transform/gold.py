@@ -15,7 +15,7 @@ import logging
 import re
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -584,13 +584,37 @@ def _group_filtered(
     return filtered
 
 
-def _delta_names(config: PipelineConfig, table: str, columns: list[str]) -> None:
-    """Refuse, before anything is written, a Delta gold model's column name Delta would refuse
-    at publish (a space, ``,;{}()=``), naming the model's file and a name Delta takes."""
+def _field_names(kind: Any, prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(path, name) of every field of a Spark schema, nested ones (struct fields, also in
+    arrays and maps) as ``address.Zip Code``."""
+    from pyspark.sql.types import ArrayType, MapType, StructType
+
+    if isinstance(kind, StructType):
+        for f in kind.fields:
+            yield prefix + f.name, f.name
+            yield from _field_names(f.dataType, f"{prefix}{f.name}.")
+    elif isinstance(kind, ArrayType):
+        yield from _field_names(kind.elementType, prefix)
+    elif isinstance(kind, MapType):
+        yield from _field_names(kind.keyType, prefix)
+        yield from _field_names(kind.valueType, prefix)
+
+
+def _delta_names(config: PipelineConfig, table: str, schema: StructType) -> None:
+    """Refuse, before anything is written, a Delta gold model's column or nested field name
+    Delta would refuse at publish (a space, ``,;{}()=``), naming the model's file and a name
+    Delta takes."""
     model = config.gold[table]
-    refused = [c for c in columns if DELTA_REFUSED.search(c)] if model.format == "delta" else []
+    if model.format != "delta":
+        return
+    refused = [(path, name) for path, name in _field_names(schema) if DELTA_REFUSED.search(name)]
     if refused:
-        names = ", ".join(f"{c!r} (e.g. AS {processed_name(c)})" for c in refused)
+        names = ", ".join(
+            f"{path!r} (e.g. AS {processed_name(name)})"
+            if path == name
+            else f"{path!r} (e.g. to {processed_name(name)})"
+            for path, name in refused
+        )
         raise GoldError(
             f"gold {table}: Delta refuses spaces and ',;{{}}()=' in column names: rename "
             f"{names} in {model.sql or model.python}, or publish it as format: parquet"
@@ -655,7 +679,7 @@ def _write_staged(
     lake = Lake(config.lake)
     try:
         df = model_dataframe(spark, config, table, ref)
-        _delta_names(config, table, df.columns)
+        _delta_names(config, table, df.schema)
         _named_columns_exist(config, table, df.columns)
         uri = lake.spark_uri(lake.staging_gold(run_id, table))
         df.write.mode("overwrite").parquet(uri)

@@ -72,7 +72,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from raw2gold.config.models import PipelineConfig, ProcessedModel, processed_name
+from raw2gold.config.models import (
+    PipelineConfig,
+    ProcessedModel,
+    processed_name,
+    processed_type,
+)
 from raw2gold.errors import Raw2GoldError, error_class, first_line, root_cause
 from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.transform.delta import (
@@ -166,7 +171,9 @@ def _numbers_to_timestamp(spark_type: str, source_type: str) -> bool:
 def _cast(column: str, spark_type: str, source_type: str) -> str:
     name = quote(column)
     if COMPLEX.match(spark_type.strip()) and source_type == "string":
-        return f"from_json({name}, '{spark_type}')"
+        parsed = f"from_json({name}, '{spark_type}')"  # the JSON keys as the source names them
+        stored = processed_type(spark_type)
+        return parsed if stored == spark_type else f"CAST({parsed} AS {stored})"
     cast = f"try_cast({name} AS {spark_type})"
     if _numbers_to_timestamp(spark_type, source_type):
         low, high = EPOCH_SECONDS
@@ -373,7 +380,7 @@ def _add_new_columns(
 
 def _no_rows(spark: SparkSession, model: ProcessedModel) -> DataFrame:
     """A table's rows when its raw runs hold none: the declared columns, typed, and metadata."""
-    declared = [f"{quote(c)} {kind}" for c, kind in model.columns.items()]
+    declared = [f"{quote(c)} {processed_type(kind)}" for c, kind in model.columns.items()]
     return spark.createDataFrame(
         [], ", ".join([*declared, "_raw2gold_run_id string", f"{EXTRACTED_AT} timestamp"])
     )
