@@ -37,7 +37,11 @@ MODELS = {
 }
 
 
-def test_a_failing_python_model_names_the_error_and_its_line(tmp_path: Path, spark: Any) -> None:
+def test_a_failing_python_model_names_the_error_and_its_line(
+    tmp_path: Path, spark: Any, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Also: PySpark's own ERROR log of each query error (a JSON line holding the JVM's stack
+    trace, ~70 lines) no longer comes before raw2gold's line."""
     lake_dir = tmp_path / "lake"
     for name, (body, expected) in MODELS.items():
         (tmp_path / name).write_text(body)
@@ -51,8 +55,11 @@ def test_a_failing_python_model_names_the_error_and_its_line(tmp_path: Path, spa
                 Lake(config.lake), "faker", "r1", {"users": users}, datetime(2026, 6, 1, tzinfo=UTC)
             )
             run_stage(config, "processed", "run1", spark=spark)
+        capfd.readouterr()
         with pytest.raises(StageError) as caught:
             run_stage(config, "gold", "run1", spark=spark)
+        logged = capfd.readouterr().err
+        assert "QueryContextLogger" not in logged and "\tat org.apache.spark" not in logged
         message = str(caught.value)
         assert message.startswith(expected), (name, message)
         assert "\n" not in message

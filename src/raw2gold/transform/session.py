@@ -130,6 +130,20 @@ def redact(conf: dict[str, str]) -> dict[str, str]:
     }
 
 
+# PySpark logs each query error it raises as an ERROR holding the JVM's stack trace (~70 lines
+# of JSON), also the ones raw2gold handles or reports as one line naming the model or table.
+QUERY_ERROR_LOGGERS = ("SQLQueryContextLogger", "DataFrameQueryContextLogger")
+
+
+def quiet_query_error_logs() -> None:
+    """Keep PySpark's logs of query errors out of the output: raw2gold reports those errors
+    (``--verbose`` or the task log's traceback for the details)."""
+    from pyspark.logger import PySparkLogger
+
+    for name in QUERY_ERROR_LOGGERS:
+        PySparkLogger.getLogger(name).setLevel(logging.CRITICAL)
+
+
 def spark_session(
     config: PipelineConfig, app_name: str, include_s3_jars: bool | None = None
 ) -> SparkSession:
@@ -139,6 +153,7 @@ def spark_session(
     With ``RAW2GOLD_SPARK_REMOTE`` set (``sc://host:port``, the run's Spark Connect server), it
     is a Spark Connect client session on that server instead: no JVM starts here.
     """
+    quiet_query_error_logs()
     remote = os.environ.get(REMOTE_ENV)
     if remote:
         from pyspark.sql import SparkSession as Session
