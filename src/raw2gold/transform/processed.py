@@ -27,6 +27,8 @@ Per processed table:
   digest of every value) equals the one the table's last overwrite recorded. The table keeps
   its version, so the gold models that read it are not rebuilt.
 * ``full_refresh=True`` rebuilds an incremental table from all committed raw runs (overwrite).
+  So does a change of the table's definition (source, key, cursor, declared columns and types,
+  partitioning, extra_columns, deleted_when), recorded with each commit (:func:`definition`).
 * **Two runs at once** never apply a raw run twice: each commit records Delta's transaction
   id at the version it read plus one, so the second of two runs that read the same version is
   skipped or conflicts, and stops saying another run wrote the table.
@@ -138,9 +140,54 @@ class ProcessedResult:
     delta_version: int = -1
     previous_version: int = -1  # the Delta version before this run (-1: the table was new)
     duration_seconds: float = 0.0
+    rebuilt_because: list[str] = field(default_factory=list)  # definition changes (rebuilt)
 
     def as_dict(self) -> dict[str, Any]:
         return {**asdict(self), "quarantined": self.rows_quarantined}
+
+
+TYPE_ALIASES = {"integer": "int", "long": "bigint"}
+
+
+def _type_text(spark_type: str) -> str:
+    """A declared type as compared between runs: case, spaces and aliases do not count."""
+    text = re.sub(r"\s+", "", processed_type(spark_type).lower())
+    return TYPE_ALIASES.get(text, text)
+
+
+def definition(model: ProcessedModel) -> dict[str, Any]:
+    """What a processed table's rows depend on besides raw, recorded with each of its commits:
+    a change rebuilds the table from every raw run (:func:`definition_changes`)."""
+    return {
+        "source": model.source,
+        "primary_key": list(model.primary_key),
+        "cursor": model.cursor,
+        "columns": {c: _type_text(t) for c, t in model.columns.items()},
+        "partition_by": list(model.partition_by),
+        "extra_columns": model.extra_columns,
+        "deleted_when": model.deleted_when,
+    }
+
+
+def definition_changes(lake: Lake, relative: str, model: ProcessedModel) -> list[str]:
+    """How the model's definition differs from the one the table's newest commit recorded
+    (``columns.age: int -> bigint``, ``primary_key: ['id'] -> ['email']``); none when that
+    commit recorded none (a table written before definitions were recorded)."""
+    found = newest_metadata(lake, relative, "definition")
+    if found is None:
+        return []
+    before, now = found[1]["definition"], definition(model)
+    changes = []
+    for key, value in now.items():
+        old = before.get(key)
+        if key == "columns" and isinstance(old, dict):
+            for column in sorted(set(old) | set(value)):
+                was, is_ = old.get(column, "(none)"), value.get(column, "(none)")
+                if was != is_:
+                    changes.append(f"columns.{column}: {was} -> {is_}")
+        elif old != value:
+            changes.append(f"{key}: {old!r} -> {value!r}")
+    return changes
 
 
 def processed_raw_runs(lake: Lake, relative: str) -> set[str]:
@@ -857,6 +904,16 @@ def _process_table(
     relative = lake.processed_table(table)
     uri = lake.spark_uri(relative)
     exists = is_delta(lake, relative)
+    changes = definition_changes(lake, relative, model) if exists and not full_refresh else []
+    if changes:
+        # keys, cursor or types the rows were deduplicated, merged or typed by no longer hold
+        log.warning(
+            "processed %s: its definition changed since the table was written (%s): rebuilding "
+            "it from every raw run",
+            table,
+            "; ".join(changes),
+        )
+        full_refresh = True
     done = processed_raw_runs(lake, relative) if exists and not full_refresh else set()
 
     runs = [m for m in lake.committed_raw_runs(source_name) if stream_name in m.get("streams", {})]
@@ -869,6 +926,7 @@ def _process_table(
         pending = [m for m in runs if m["run_id"] not in done]
         overwrite = full_refresh or not exists
     result = ProcessedResult(table, "unchanged", raw_runs=[m["run_id"] for m in pending])
+    result.rebuilt_because = changes
     result.previous_version = log_version(lake, relative) if exists else -1
     raw = _read_raw(spark, lake, table, model.source, pending) if pending else None
     if pending and raw is None:
@@ -926,6 +984,7 @@ def _process_table(
             "raw_runs": seen,
             "new_raw_runs": result.raw_runs,
             "committed_at": utc_now(),
+            "definition": definition(model),
         }
         rows = _written_rows(latest)
         content = content_fingerprint(rows, model) if snapshot else None
