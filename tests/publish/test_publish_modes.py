@@ -165,3 +165,43 @@ def test_a_model_its_publish_mode_cannot_take_stops_at_its_build(
     with pytest.raises(StageError) as caught:
         run_stage(config, "gold", "run1", spark=spark, tables=[model])
     assert str(caught.value).startswith(message)
+
+
+def test_a_model_switched_to_the_other_format_stops_until_its_folder_is_cleared(
+    tmp_path: Path, spark: Any
+) -> None:
+    """Published as Delta, then format: parquet: the Parquet versions and pointer went into the
+    Delta table's folder, and Delta readers went on reading the old table (the other way round
+    likewise). The build now stops first; once the folder is deleted, the run rebuilds it."""
+    import shutil
+
+    from tests.publish.digest import tree_digest
+
+    text = users_pipeline("switch", "  ages:\n    sql: ages.sql\n    format: delta\n")
+    (tmp_path / "pipeline.yaml").write_text(text)
+    (tmp_path / "ages.sql").write_text("SELECT id, age FROM {{ ref('users') }}")
+    config = load_pipeline(tmp_path / "pipeline.yaml")
+    lake = Lake(config.lake)
+    users = shop_records(users=5)["users"]
+    write_raw_run(lake, "faker", "r1", {"users": users}, datetime(2026, 5, 1, tzinfo=UTC))
+    _run(config, "run1", spark)
+    folder = tmp_path / "lake" / "gold" / "ages"
+    for before, after in (("delta", "parquet"), ("parquet", "delta")):
+        (tmp_path / "pipeline.yaml").write_text(
+            text.replace(f"format: {before}", f"format: {after}")
+        )
+        config = load_pipeline(tmp_path / "pipeline.yaml")
+        digest = tree_digest(folder)
+        with pytest.raises(StageError) as caught:
+            run_stage(config, "transform", f"to-{after}", spark=spark)
+        assert str(caught.value) == (
+            f"gold ages: {folder} holds the table as format: {before} published it, and the "
+            f"model now says format: {after}; to switch, delete that folder (the next run "
+            f"rebuilds the table from processed), or keep format: {before}"
+        )
+        assert tree_digest(folder) == digest
+        shutil.rmtree(folder)
+        _run(config, f"to-{after}-again", spark)
+        assert sorted(r["id"] for r in gold_arrow_table(config, "ages").to_pylist()) == sorted(
+            u["id"] for u in users
+        )

@@ -159,12 +159,18 @@ def another_run_published(table: str, other: str | None) -> str:
     )
 
 
-def _refuse_if_overtaken(lake: Lake, config: PipelineConfig, table: str, built_on: int) -> None:
-    """Raise unless the table's newest publish is still the one the build followed."""
+def _newest_number(lake: Lake, config: PipelineConfig, table: str) -> tuple[int, str | None]:
+    """The number of the table's newest publish and the run that made it."""
     found = _newest_publish(lake, config, table)
     meta = found[1] if found else None
-    if publish_number(meta) != built_on:
-        raise PublishError(another_run_published(table, (meta or {}).get("raw2gold_run_id")))
+    return publish_number(meta), (meta or {}).get("raw2gold_run_id")
+
+
+def _refuse_if_overtaken(lake: Lake, config: PipelineConfig, table: str, built_on: int) -> None:
+    """Raise unless the table's newest publish is still the one the build followed."""
+    number, run = _newest_number(lake, config, table)
+    if number != built_on:
+        raise PublishError(another_run_published(table, run))
 
 
 def lineage(spark: SparkSession, config: PipelineConfig, run_id: str) -> dict[str, Any]:
@@ -208,14 +214,13 @@ def _publish_delta(
     if done is not None:
         return "already_published", str(done[0])
     if built_on is None:
-        built_on = publish_number(last_publish(lake, config, table))
+        built_on = _newest_number(lake, config, table)[0]
     _refuse_if_overtaken(lake, config, table, built_on)
     metadata = {**metadata, "publish_number": built_on + 1}
     _write_delta(spark, config, lake, table, run_id, df, metadata, incremental, built_on)
     done = newest_metadata(lake, relative, "raw2gold_run_id", look_back=None, value=run_id)
     if done is None:  # Delta skipped the write: another run's commit holds the number
-        newest = last_publish(lake, config, table)
-        raise PublishError(another_run_published(table, (newest or {}).get("raw2gold_run_id")))
+        raise PublishError(another_run_published(table, _newest_number(lake, config, table)[1]))
     return "published", str(done[0])
 
 
@@ -268,9 +273,8 @@ def _write_delta(
         kind = error_class(exc) or ""
         if not kind.startswith(CONCURRENT):
             raise
-        newest = last_publish(lake, config, table)
-        if publish_number(newest) != built_on:
-            other = (newest or {}).get("raw2gold_run_id")
+        number, other = _newest_number(lake, config, table)
+        if number != built_on:
             raise PublishError(another_run_published(table, other)) from exc
         raise PublishError(
             f"gold {table}: another commit to the table (maintenance, or a writer other than "

@@ -725,6 +725,7 @@ def _build_one(
 ) -> GoldResult:
     lake = Lake(config.lake)
     started = time.monotonic()
+    _same_format_as_published(lake, config, table)
     plan = plan_build(config, table, run_id, full_refresh)
     lake.delete_file(lake.staging_build(run_id, table))
     staging = lake.staging_gold(run_id, table)
@@ -768,6 +769,24 @@ def _build_one(
         plan.mode,
         plan.reason,
         affected.count,
+    )
+
+
+def _same_format_as_published(lake: Lake, config: PipelineConfig, table: str) -> None:
+    """Refuse to build a model whose table folder holds the other format's published table:
+    the two would share the folder, and readers of the old format would go on reading it."""
+    model = config.gold[table]
+    folder = lake.uri(lake.gold_table(table))
+    if model.format == "parquet" and is_delta(lake, lake.gold_table(table)):
+        published = "delta"
+    elif model.format == "delta" and lake.exists(f"{lake.gold_table(table)}/_current.json"):
+        published = "parquet"
+    else:
+        return
+    raise GoldError(
+        f"gold {table}: {folder} holds the table as format: {published} published it, and "
+        f"the model now says format: {model.format}; to switch, delete that folder (the next "
+        f"run rebuilds the table from processed), or keep format: {published}"
     )
 
 
