@@ -169,14 +169,13 @@ def definition(model: ProcessedModel) -> dict[str, Any]:
     }
 
 
-def definition_changes(lake: Lake, relative: str, model: ProcessedModel) -> list[str]:
+def definition_changes(before: dict[str, Any] | None, model: ProcessedModel) -> list[str]:
     """How the model's definition differs from the one the table's newest commit recorded
     (``columns.age: int -> bigint``, ``primary_key: ['id'] -> ['email']``); none when that
     commit recorded none (a table written before definitions were recorded)."""
-    found = newest_metadata(lake, relative, "definition")
-    if found is None:
+    if not before:
         return []
-    before, now = found[1]["definition"], definition(model)
+    now = definition(model)
     changes = []
     for key, value in now.items():
         old = before.get(key)
@@ -904,7 +903,9 @@ def _process_table(
     relative = lake.processed_table(table)
     uri = lake.spark_uri(relative)
     exists = is_delta(lake, relative)
-    changes = definition_changes(lake, relative, model) if exists and not full_refresh else []
+    found = newest_metadata(lake, relative, "raw_runs") if exists else None
+    recorded = found[1] if found else {}  # what the table's newest raw2gold commit recorded
+    changes = [] if full_refresh else definition_changes(recorded.get("definition"), model)
     if changes:
         # keys, cursor or types the rows were deduplicated, merged or typed by no longer hold
         log.warning(
@@ -914,7 +915,7 @@ def _process_table(
             "; ".join(changes),
         )
         full_refresh = True
-    done = processed_raw_runs(lake, relative) if exists and not full_refresh else set()
+    done = set(recorded.get("raw_runs", [])) if not full_refresh else set()
 
     runs = [m for m in lake.committed_raw_runs(source_name) if stream_name in m.get("streams", {})]
     all_ids = sorted(m["run_id"] for m in runs)
