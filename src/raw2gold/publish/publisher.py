@@ -166,11 +166,16 @@ def _newest_number(lake: Lake, config: PipelineConfig, table: str) -> tuple[int,
     return publish_number(meta), (meta or {}).get("raw2gold_run_id")
 
 
-def _refuse_if_overtaken(lake: Lake, config: PipelineConfig, table: str, built_on: int) -> None:
-    """Raise unless the table's newest publish is still the one the build followed."""
+def _numbered(
+    lake: Lake, config: PipelineConfig, table: str, metadata: dict[str, Any], built_on: int | None
+) -> tuple[int, dict[str, Any]]:
+    """(the publish number the build followed, the publish's metadata with its own number);
+    raise if another run published the table since. ``built_on`` None: a build staged before
+    publishes were numbered, which follows the newest publish."""
     number, run = _newest_number(lake, config, table)
-    if number != built_on:
+    if built_on is not None and number != built_on:
         raise PublishError(another_run_published(table, run))
+    return number, {**metadata, "publish_number": number + 1}
 
 
 def lineage(spark: SparkSession, config: PipelineConfig, run_id: str) -> dict[str, Any]:
@@ -213,10 +218,7 @@ def _publish_delta(
     done = newest_metadata(lake, relative, "raw2gold_run_id", look_back=None, value=run_id)
     if done is not None:
         return "already_published", str(done[0])
-    if built_on is None:
-        built_on = _newest_number(lake, config, table)[0]
-    _refuse_if_overtaken(lake, config, table, built_on)
-    metadata = {**metadata, "publish_number": built_on + 1}
+    built_on, metadata = _numbered(lake, config, table, metadata, built_on)
     _write_delta(spark, config, lake, table, run_id, df, metadata, incremental, built_on)
     done = newest_metadata(lake, relative, "raw2gold_run_id", look_back=None, value=run_id)
     if done is None:  # Delta skipped the write: another run's commit holds the number
@@ -439,10 +441,7 @@ def _publish_parquet(
     relative = f"{lake.gold_table(table)}/version={run_id}"
     if pointer and run_id in pointer.get("versions", []):  # an earlier attempt published it
         return "already_published", run_id, parquet_rows(lake, relative)
-    if built_on is None:
-        built_on = publish_number((pointer or {}).get("lineage"))
-    _refuse_if_overtaken(lake, config, table, built_on)
-    metadata = {**metadata, "publish_number": built_on + 1}
+    built_on, metadata = _numbered(lake, config, table, metadata, built_on)
     writer = df.write.mode("overwrite")
     if model.partition_by:
         writer = writer.partitionBy(*model.partition_by)
@@ -488,7 +487,7 @@ def _write_pointer(
     config: PipelineConfig, lake: Lake, table: str, pointer: dict[str, Any], built_on: int
 ) -> None:
     """Replace the table's pointer in one write, unless another run published it meanwhile."""
-    _refuse_if_overtaken(lake, config, table, built_on)
+    _numbered(lake, config, table, {}, built_on)
     lake.write_json(pointer_path(table), pointer)
 
 

@@ -776,22 +776,25 @@ def _same_format_as_published(lake: Lake, config: PipelineConfig, table: str) ->
     """Refuse to build a model whose table folder holds the other format's published table:
     the two would share the folder, and readers of the old format would go on reading it."""
     model = config.gold[table]
-    folder = lake.uri(lake.gold_table(table))
-    if model.format == "parquet" and is_delta(lake, lake.gold_table(table)):
-        published = "delta"
-    elif model.format == "delta" and lake.exists(f"{lake.gold_table(table)}/_current.json"):
-        published = "parquet"
-    else:
+    published = "parquet" if model.format == "delta" else "delta"
+    if not _published_as(lake, table, published):
         return
     raise GoldError(
-        f"gold {table}: {folder} holds the table as format: {published} published it, and "
+        f"gold {table}: {lake.uri(lake.gold_table(table))} holds the table as format: "
+        f"{published} published it, and "
         f"the model now says format: {model.format}; to switch, delete that folder (the next "
         f"run rebuilds the table from processed), or keep format: {published}"
     )
 
 
-def gold_exists(lake: Lake, config: PipelineConfig, table: str) -> bool:
-    """Whether a gold table has been published."""
-    if config.gold[table].format == "delta":
+def _published_as(lake: Lake, table: str, fmt: str) -> bool:
+    """Whether the gold table's folder holds a table published in format ``fmt``: a Delta log,
+    or a Parquet pointer."""
+    if fmt == "delta":
         return is_delta(lake, lake.gold_table(table))
     return lake.exists(f"{lake.gold_table(table)}/_current.json")
+
+
+def gold_exists(lake: Lake, config: PipelineConfig, table: str) -> bool:
+    """Whether a gold table has been published."""
+    return _published_as(lake, table, config.gold[table].format)

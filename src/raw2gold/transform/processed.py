@@ -189,10 +189,16 @@ def definition_changes(before: dict[str, Any] | None, model: ProcessedModel) -> 
     return changes
 
 
+def newest_commit_record(lake: Lake, relative: str) -> dict[str, Any]:
+    """What a processed table's newest raw2gold commit recorded: the raw runs applied, the
+    definition it was written with, … (empty: none yet)."""
+    found = newest_metadata(lake, relative, "raw_runs")
+    return found[1] if found else {}
+
+
 def processed_raw_runs(lake: Lake, relative: str) -> set[str]:
     """Raw run ids already applied to a processed table (from its newest raw2gold commit)."""
-    found = newest_metadata(lake, relative, "raw_runs")
-    return set(found[1]["raw_runs"]) if found else set()
+    return set(newest_commit_record(lake, relative).get("raw_runs", []))
 
 
 # A number cast to a timestamp is seconds since 1970-01-01 UTC; those between years 1 and 9999
@@ -903,8 +909,7 @@ def _process_table(
     relative = lake.processed_table(table)
     uri = lake.spark_uri(relative)
     exists = is_delta(lake, relative)
-    found = newest_metadata(lake, relative, "raw_runs") if exists else None
-    recorded = found[1] if found else {}  # what the table's newest raw2gold commit recorded
+    recorded = newest_commit_record(lake, relative) if exists else {}
     changes = [] if full_refresh else definition_changes(recorded.get("definition"), model)
     if changes:
         # keys, cursor or types the rows were deduplicated, merged or typed by no longer hold
