@@ -8,6 +8,7 @@ environment, so no task starts a JVM of its own. Stopped by PID at the end.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -131,11 +132,20 @@ def test_a_killed_tasks_queries_stop_on_the_shared_server(
     config = load_pipeline(shop_pipeline, str(tmp_path / "lake"))
     record = start_server(config, "run-kill", ttl_seconds=600)
     try:
-        url = f"{record['url']}/;session_id={uuid.uuid4()}"
+        session_id = str(uuid.uuid4())
+        url = f"{record['url']}/;session_id={session_id}"
         job = subprocess.Popen(
             [sys.executable, "-c", LONG_QUERY, url], stdout=subprocess.PIPE, text=True
         )
-        time.sleep(8)
+        # Interrupt once the query's tasks are submitted: an operation interrupted while the
+        # server still plans it (seen on a loaded machine) submits its job anyway, which then
+        # holds the server's cores (docs/spark-execution.md, kill).
+        submitted = re.compile(f'Submitting .* tasks from .*session_id: "{session_id}"')
+        deadline = time.monotonic() + 120
+        while not submitted.search(Path(record["log"]).read_text(errors="replace")):
+            assert job.poll() is None and time.monotonic() < deadline, "the query never ran"
+            time.sleep(0.5)
+        time.sleep(1)
         assert job.poll() is None
         said: list[str] = []
         interrupt_session(url, said.append)
