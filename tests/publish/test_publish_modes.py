@@ -205,3 +205,74 @@ def test_a_model_switched_to_the_other_format_stops_until_its_folder_is_cleared(
         assert sorted(r["id"] for r in gold_arrow_table(config, "ages").to_pylist()) == sorted(
             u["id"] for u in users
         )
+
+
+def test_a_merge_model_rekeyed_or_repartitioned_stops_until_its_folder_is_moved(
+    tmp_path: Path, spark: Any
+) -> None:
+    """A merge model's keys changed from [id] to [email] MERGEd by email into rows merged by id:
+    a user whose email changed kept the old row beside the new one. A replace_partitions
+    model's new partition_by failed every publish (Delta keeps a table's partitioning). The
+    build now stops with one line and gold stays as it was; keys that keep every old key
+    column merge as before, and once the folder is moved aside the next run builds it anew."""
+    import shutil
+
+    from tests.publish.digest import tree_digest
+
+    text = PIPELINE.replace("  totals:\n    sql: totals.sql\n    format: delta\n", "")
+    (tmp_path / "pipeline.yaml").write_text(text)
+    (tmp_path / "latest.sql").write_text("SELECT id, email, age FROM {{ ref('users') }}")
+    (tmp_path / "per_nationality.sql").write_text(
+        "SELECT nationality, age >= 40 AS older, COUNT(*) AS users FROM {{ ref('users') }} "
+        "GROUP BY nationality, age >= 40"
+    )
+    config = load_pipeline(tmp_path / "pipeline.yaml")
+    lake = Lake(config.lake)
+    users = shop_records(users=30)["users"]
+    write_raw_run(lake, "faker", "r1", {"users": users}, datetime(2026, 4, 1, tzinfo=UTC))
+    _run(config, "run1", spark)
+    moved = [{**users[0], "email": "moved@example.com", "updated_at": ts(9, 1)}]
+    write_raw_run(lake, "faker", "r2", {"users": moved}, datetime(2026, 4, 2, tzinfo=UTC))
+    gold = tmp_path / "lake" / "gold"
+
+    def edited(old: str, new: str) -> Any:
+        path = tmp_path / "pipeline.yaml"
+        path.write_text(path.read_text().replace(old, new))
+        return load_pipeline(tmp_path / "pipeline.yaml")
+
+    digest = tree_digest(gold)
+    config = edited("keys: [id]", "keys: [email]")
+    run_stage(config, "processed", "run2", spark=spark)
+    with pytest.raises(StageError) as caught:
+        run_stage(config, "gold", "run2", spark=spark, tables=["user_emails"])
+    assert str(caught.value) == (
+        "gold user_emails: keys changed from [id] to [email] since run run1 published the "
+        "table, which its mode cannot apply to the rows it holds; to re-key it, move "
+        f"{gold / 'user_emails'} aside (the next run builds the table anew from the model's "
+        "output), or set gold.user_emails.keys back to [id]"
+    )
+    assert tree_digest(gold) == digest
+
+    # Rows unique by id are unique by (id, email): merged by both, the moved email is a new row.
+    config = edited("keys: [email]", "keys: [id, email]")
+    _run(config, "run3", spark)
+    pairs = [(r["id"], r["email"]) for r in gold_arrow_table(config, "user_emails").to_pylist()]
+    assert sorted(pairs) == sorted([(u["id"], u["email"]) for u in users + moved])
+
+    config = edited("partition_by: [nationality]", "partition_by: [nationality, older]")
+    digest = tree_digest(gold)
+    with pytest.raises(StageError) as caught:
+        run_stage(config, "transform", "run4", spark=spark)
+    assert str(caught.value).startswith(
+        "gold users_per_nationality: partition_by changed from [nationality] to [nationality, "
+        "older] since run run3 published the table"
+    )
+    assert tree_digest(gold) == digest
+    shutil.move(gold / "users_per_nationality", tmp_path / "aside")
+    _run(config, "run5", spark)
+    assert sorted(p.name for p in (gold / "users_per_nationality").glob("nationality=ES/*")) == [
+        "older=false",
+        "older=true",
+    ]
+    counts = gold_arrow_table(config, "users_per_nationality").to_pylist()
+    assert sum(r["users"] for r in counts) == 30

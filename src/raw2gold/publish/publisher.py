@@ -75,7 +75,8 @@ log = logging.getLogger(__name__)
 POINTER = "_current.json"
 KEEP_VERSIONS = 3
 MAX_PARTITIONS = 1000  # rebuilt partitions replaced by replaceWhere; more: by MERGE
-BUILD_KEYS = ("mode", "reason", "inputs", "model_hash", "groups")  # recorded with each publish
+# recorded with each publish
+BUILD_KEYS = ("mode", "reason", "inputs", "model_hash", "groups", "layout")
 
 
 class PublishError(Raw2GoldError):

@@ -80,6 +80,7 @@ class BuildPlan:
     since: dict[str, str] = field(default_factory=dict)  # versions at the last publish
     changed: list[str] = field(default_factory=list)
     built_on_publish: int = 0  # the number of the table's publish this build follows
+    layout: dict[str, Any] = field(default_factory=dict)  # mode, keys, partition_by
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -368,9 +369,11 @@ def plan_build(
             upstream = last_publish(lake, config, name)
             inputs[name] = f"run:{upstream['raw2gold_run_id']}" if upstream else "none"
     plan = BuildPlan(table, "full", "", inputs, model_hash(config, table))
+    plan.layout = {"mode": model.mode, "keys": model.keys, "partition_by": model.partition_by}
     last = last_publish(lake, config, table)
     plan.built_on_publish = publish_number(last)
     build = (last or {}).get("build") or {}
+    _same_layout_as_published(lake, config, table, last)
     if full_refresh:
         plan.reason = "full refresh requested"
     elif not build:
@@ -402,6 +405,49 @@ def plan_build(
             plan.mode = "incremental"
             plan.reason = f"changed: {', '.join(plan.changed)}"
     return plan
+
+
+def _same_layout_as_published(
+    lake: Lake, config: PipelineConfig, table: str, last: dict[str, Any] | None
+) -> None:
+    """Refuse to build a ``merge`` or ``replace_partitions`` model whose keys or partitioning
+    changed since its table was published: a MERGE by the new keys would keep the rows merged
+    by the old ones (two rows for one new key), and neither mode can repartition a table.
+    Keys that keep every old key column are fine (rows unique by the old keys stay unique).
+    A publish recorded before its layout was: not compared."""
+    model = config.gold[table]
+    published = ((last or {}).get("build") or {}).get("layout")
+    if model.mode == "overwrite" or not published:
+        return
+    if published.get("mode") == "merge" and model.mode == "merge":
+        old = list(published.get("keys") or [])
+        if not set(old) <= set(model.keys):
+            raise _layout_changed(lake, table, "keys", old, model.keys, last, "re-key")
+    old = list(published.get("partition_by") or [])
+    if old != model.partition_by:
+        raise _layout_changed(
+            lake, table, "partition_by", old, model.partition_by, last, "repartition"
+        )
+
+
+def _layout_changed(
+    lake: Lake,
+    table: str,
+    setting: str,
+    old: list[str],
+    new: list[str],
+    last: dict[str, Any] | None,
+    verb: str,
+) -> GoldError:
+    """The one-line error for a merge or replace_partitions model whose layout changed."""
+    run = (last or {}).get("raw2gold_run_id", "?")
+    folder = lake.uri(lake.gold_table(table))
+    return GoldError(
+        f"gold {table}: {setting} changed from [{', '.join(old)}] to [{', '.join(new)}] since "
+        f"run {run} published the table, which its mode cannot apply to the rows it holds; to "
+        f"{verb} it, move {folder} aside (the next run builds the table anew from the model's "
+        f"output), or set gold.{table}.{setting} back to [{', '.join(old)}]"
+    )
 
 
 def parquet_rows(lake: Lake, relative: str) -> int:
