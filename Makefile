@@ -42,8 +42,8 @@ jars: env java $(JARS_MARKER)
 demo: jars
 	$(VENV)/bin/raw2gold run examples/shop/pipeline.yaml --lake ./lake
 
-# Two processes by default: the suite waits on JVMs, servers and schedulers more than it computes,
-# so two workers on two cores take about half the time. Each test file runs whole on one worker
+# Two processes by default: the suite waits on JVMs, servers and schedulers more than it computes
+# (on 2 cores: 29 min instead of 36). Each test file runs whole on one worker
 # (its module fixtures run once). TEST_WORKERS=0 runs everything in this process.
 TEST_WORKERS ?= 2
 test: jars

@@ -29,6 +29,7 @@ from raw2gold.transform.connect import (
     usable_server,
 )
 from raw2gold.transform.job import stage_record
+from tests.fixtures.servers import wait_until
 from tests.fixtures.spark import process_alive
 from tests.transform.rawdata import categories, shop_records, write_raw_run
 from tests.transform.reference import assert_gold_matches_reference
@@ -141,10 +142,8 @@ def test_a_killed_tasks_queries_stop_on_the_shared_server(
         # server still plans it (seen on a loaded machine) submits its job anyway, which then
         # holds the server's cores (docs/spark-execution.md, kill).
         submitted = re.compile(f'Submitting .* tasks from .*session_id: "{session_id}"')
-        deadline = time.monotonic() + 120
-        while not submitted.search(Path(record["log"]).read_text(errors="replace")):
-            assert job.poll() is None and time.monotonic() < deadline, "the query never ran"
-            time.sleep(0.5)
+        log_text = Path(record["log"]).read_text
+        wait_until(lambda: submitted.search(log_text(errors="replace")), 120, "the query's job")
         time.sleep(1)
         assert job.poll() is None
         said: list[str] = []

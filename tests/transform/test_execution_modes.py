@@ -9,7 +9,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -32,6 +31,7 @@ from raw2gold.transform.runners import (
     write_properties,
 )
 from tests.fixtures.cluster import SparkStandalone, SshServer, keygen
+from tests.fixtures.servers import wait_until
 from tests.transform.rawdata import shop_records, write_raw_run
 
 T1 = datetime(2026, 1, 8, 6, tzinfo=UTC)
@@ -137,16 +137,6 @@ def check_results(path: Path, summaries: dict[str, dict[str, Any]]) -> None:
     gold = DeltaTable(str(lake / "gold" / "users_by_country")).to_pyarrow_table().to_pylist()
     got = {r["nationality"]: (r["users"], r["total_age"]) for r in gold}
     assert got == expected_by_country()
-
-
-def wait_until(condition: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 # ------------------------------------------------------------------------------ cluster mode
