@@ -56,3 +56,36 @@ def test_manifests_make_runs_visible(tmp_path: Path) -> None:
     assert lake.list_files("raw/faker", ".parquet") == [
         str(part.relative_to(tmp_path)).replace("\\", "/")
     ]
+
+
+def test_swap_json_lets_one_writer_at_a_time_read_and_replace(tmp_path: Path) -> None:
+    """Two read-then-replace writers at once: the second waits for the first and reads what it
+    wrote, so neither increment is lost; a writer that refuses leaves the file as it was."""
+    import threading
+
+    import pytest
+
+    lake = Lake(LakeConfig(uri=str(tmp_path)))
+    seen: list[int] = []
+    other: list[threading.Thread] = []
+
+    def add_one(current: dict[str, int] | None) -> dict[str, int]:
+        count = (current or {"count": 0})["count"]
+        seen.append(count)
+        if not other:  # the first writer lets a second one start while it holds the file
+            other.append(threading.Thread(target=lake.swap_json, args=("c.json", add_one)))
+            other[0].start()
+            other[0].join(timeout=1)
+            assert other[0].is_alive()  # waiting for the first writer, not reading yet
+        return {"count": count + 1}
+
+    assert lake.swap_json("c.json", add_one) == {"count": 1}
+    other[0].join(timeout=10)
+    assert seen == [0, 1] and lake.read_json("c.json") == {"count": 2}
+
+    def refuse(current: dict[str, int] | None) -> dict[str, int]:
+        raise ValueError("no")
+
+    with pytest.raises(ValueError):
+        lake.swap_json("c.json", refuse)
+    assert lake.read_json("c.json") == {"count": 2}

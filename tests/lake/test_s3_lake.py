@@ -1,5 +1,7 @@
 """The same lake code against a real S3-compatible server (SeaweedFS on 127.0.0.1)."""
 
+from typing import Any
+
 import pytest
 
 from raw2gold.config.models import LakeConfig, S3Settings
@@ -51,3 +53,27 @@ def test_staging_folders_on_s3(s3_lake: Lake) -> None:
     assert s3_lake.staged_runs() == ["run1"]  # prefixes list as folders
     s3_lake.delete_dir(s3_lake.staging_run("run1"))
     assert s3_lake.list_files("_staging") == []
+
+
+def test_swap_json_on_s3_refuses_a_file_replaced_since_it_was_read(s3_lake: Lake) -> None:
+    """S3 has no lock: the write is conditional on the ETag read (If-Match), or on no file
+    (If-None-Match) for a new one; another writer's write in between wins and the late one
+    raises, writing nothing."""
+    from raw2gold.lake.layout import ConcurrentWriteError
+
+    def then_another_writer(payload: dict[str, str]) -> Any:
+        def replace(current: dict[str, str] | None) -> dict[str, str]:
+            s3_lake.write_json("p.json", {"by": "other"})
+            return payload
+
+        return replace
+
+    with pytest.raises(ConcurrentWriteError):  # both found no file
+        s3_lake.swap_json("p.json", then_another_writer({"by": "first"}))
+    assert s3_lake.read_json("p.json") == {"by": "other"}
+    assert s3_lake.swap_json("p.json", lambda current: {**current, "by": "second"}) == {
+        "by": "second"
+    }
+    with pytest.raises(ConcurrentWriteError):  # the file changed after it was read
+        s3_lake.swap_json("p.json", then_another_writer({"by": "third"}))
+    assert s3_lake.read_json("p.json") == {"by": "other"}

@@ -119,3 +119,64 @@ def test_of_two_publishes_at_once_one_commits(
     assert [e["run_id"] for e in publish_history(config, table)] == ["runA", "run1"]
     assert [r.action for r in inner[0]] == ["published"]
     assert _users(config) == 23
+
+
+def test_of_two_parquet_pointer_switches_in_one_instant_one_stands(
+    tmp_path: Path, spark: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs A and B built on the same Parquet publish; A's publish starts (in a thread) while B
+    has compared the pointer's number and is writing the pointer, the instant the test above
+    leaves out. Before, both found the number they built on and both switched the pointer (A's
+    switch, then B's over it: A's run reported its publish, which no pointer named and whose
+    version B's publish deleted; seen). Now the compare and the switch are one step: A waits,
+    finds B's publish and publishes nothing."""
+    import threading
+    import time
+
+    from raw2gold.lake.layout import Lake as LakeClass
+
+    config = _published(tmp_path, spark, ["ages"])
+    lake = Lake(config.lake)
+    _new_users(lake, "r2", 100, 2)
+    for run in ("runA", "runB"):
+        for stage in ("transform", "check"):
+            run_stage(config, stage, run, spark=spark)
+    write_json, swap_json = LakeClass.write_json, LakeClass.swap_json
+    outcome: dict[str, Any] = {}
+    started: list[threading.Thread] = []
+    a_swaps, run_b_thread = threading.Event(), threading.current_thread()
+
+    def swap_noting_a(self: Any, relative: str, replace: Any) -> Any:
+        if threading.current_thread() is not run_b_thread:
+            a_swaps.set()
+        return swap_json(self, relative, replace)
+
+    def run_a() -> None:
+        try:
+            outcome["A"] = publisher.publish(spark, config, "runA")
+        except PublishError as exc:
+            outcome["A"] = exc
+
+    def a_starts_at_bs_pointer_write(self: Any, relative: str, payload: Any) -> None:
+        if relative.endswith("/_current.json") and not started:
+            started.append(threading.Thread(target=run_a))
+            started[0].start()
+            deadline = time.monotonic() + 60
+            while started[0].is_alive() and not a_swaps.is_set() and time.monotonic() < deadline:
+                started[0].join(timeout=0.1)  # before: A published in full meanwhile
+            started[0].join(timeout=1)  # A's switch waits for B's
+        write_json(self, relative, payload)
+
+    monkeypatch.setattr(LakeClass, "write_json", a_starts_at_bs_pointer_write)
+    monkeypatch.setattr(LakeClass, "swap_json", swap_noting_a)
+    [result_b] = publisher.publish(spark, config, "runB")
+    started[0].join(timeout=60)
+    assert result_b.action == "published"
+    assert isinstance(outcome["A"], PublishError)
+    assert str(outcome["A"]).startswith("gold ages: another run (runB) published the table")
+    assert [e["run_id"] for e in publish_history(config, "ages")] == ["runB", "run1"]
+    assert sorted(p.name for p in Path(lake.path("gold/ages")).glob("version=*")) == [
+        "version=run1",
+        "version=runB",
+    ]
+    assert _users(config) == 23

@@ -19,10 +19,12 @@ See docs/lake-layout.md.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import json
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
@@ -77,6 +79,10 @@ def s3_credentials(config: LakeConfig) -> S3Credentials:
 
         access_key, secret_key, token, endpoint = aws_connection_credentials(s3.conn_id, endpoint)
     return S3Credentials(endpoint, s3.region, s3.path_style, access_key, secret_key, token)
+
+
+class ConcurrentWriteError(RuntimeError):
+    """Another writer replaced a lake file between this writer's read and its write."""
 
 
 class Lake:
@@ -218,6 +224,72 @@ class Lake:
         with self.fs.open_output_stream(temporary) as out:
             out.write(data)
         self.fs.move(temporary, target)
+
+    def swap_json(self, relative: str, replace: Callable[[Any | None], Any]) -> Any:
+        """Replace a JSON file with ``replace(what it holds)`` (None when absent), unless another
+        writer replaced it in between; what was written. ``replace`` may raise to write nothing.
+
+        The read and the write are one compare-and-swap: local lakes hold an exclusive lock on
+        ``<file>.lock`` beside it (a second writer waits, then reads the new file); S3 writes
+        with ``If-Match`` on the ETag it read (``If-None-Match: *`` for a new file), and a file
+        replaced meanwhile raises :class:`ConcurrentWriteError`.
+        """
+        if self.scheme == "s3":
+            return self._swap_s3_json(relative, replace)
+        target = self.path(relative)
+        self.fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+        with open(f"{target}.lock", "a") as lock:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX)
+            try:
+                payload = replace(self.read_record(relative))
+                self.write_json(relative, payload)
+                return payload
+            finally:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+    def _swap_s3_json(self, relative: str, replace: Callable[[Any | None], Any]) -> Any:
+        from botocore.exceptions import ClientError
+
+        client = self.s3_client()
+        bucket, _, key = self.path(relative).partition("/")
+        try:
+            found = client.get_object(Bucket=bucket, Key=key)
+            current, condition = json.loads(found["Body"].read()), {"IfMatch": found["ETag"]}
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") not in ("NoSuchKey", "404"):
+                raise
+            current, condition = None, {"IfNoneMatch": "*"}
+        payload = replace(current)
+        data = json.dumps(payload, indent=2, sort_keys=True, default=str).encode()
+        try:
+            client.put_object(Bucket=bucket, Key=key, Body=data, **condition)
+        except ClientError as exc:
+            # 412: replaced (or created) since it was read; 409: a conditional write at once
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            if status in (409, 412):
+                raise ConcurrentWriteError(self.uri(relative)) from exc
+            raise
+        return payload
+
+    def s3_client(self) -> Any:
+        """A boto3 S3 client with the lake's endpoint, region, addressing and credentials."""
+        import boto3
+        from botocore.config import Config
+
+        c = self.credentials
+        assert c is not None, "not an S3 lake"
+        endpoint = c.endpoint
+        if endpoint and "://" not in endpoint:
+            endpoint = f"https://{endpoint}"
+        return boto3.client(
+            "s3",
+            endpoint_url=endpoint,
+            region_name=c.region,
+            aws_access_key_id=c.access_key,
+            aws_secret_access_key=c.secret_key,
+            aws_session_token=c.session_token,
+            config=Config(s3={"addressing_style": "path" if c.path_style else "virtual"}),
+        )
 
     def read_json(self, relative: str) -> Any:
         with self.fs.open_input_stream(self.path(relative)) as stream:

@@ -20,9 +20,9 @@ Two runs at once (``raw2gold run`` beside a scheduled run): each publish of a ta
 (``publish_number`` in its lineage) and a build records the number it followed. A run publishes
 a table only if no other run published it since its build: checked before writing, and for Delta
 again by Delta itself (the commit records transaction id ``raw2gold`` at the new number, so of
-two publishes following the same one, Delta keeps one). A Parquet pointer is compared again just
-before it is replaced; two pointer writes within that instant are not caught (object stores
-offer no compare-and-swap raw2gold relies on).
+two publishes following the same one, Delta keeps one). A Parquet pointer is compared and replaced
+in one compare-and-swap (:meth:`Lake.swap_json`: a lock beside it locally, a conditional write on
+S3), so of two publishes following the same one, one switches the pointer.
 """
 
 from __future__ import annotations
@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Any
 from raw2gold.config.loader import gold_order
 from raw2gold.config.models import PipelineConfig
 from raw2gold.errors import Raw2GoldError, error_class, first_line
-from raw2gold.lake.layout import Lake, utc_now
+from raw2gold.lake.layout import ConcurrentWriteError, Lake, utc_now
 from raw2gold.transform.delta import (
     CONCURRENT,
     commit_metadata,
@@ -476,7 +476,7 @@ def _publish_parquet(
     except PublishError:
         lake.delete_dir(relative)
         raise
-    # keep what a pointer written since names too (two pointer writes within one instant)
+    # keep what a pointer written since names too (a run that published after this one)
     kept = set(versions) | set((current_pointer(lake, table) or {}).get("versions", []))
     for old in _version_dirs(lake, table):
         if old not in kept:
@@ -487,9 +487,20 @@ def _publish_parquet(
 def _write_pointer(
     config: PipelineConfig, lake: Lake, table: str, pointer: dict[str, Any], built_on: int
 ) -> None:
-    """Replace the table's pointer in one write, unless another run published it meanwhile."""
-    _numbered(lake, config, table, {}, built_on)
-    lake.write_json(pointer_path(table), pointer)
+    """Replace the table's pointer in one write, unless another run published it meanwhile:
+    the pointer's number is compared and the pointer replaced in one compare-and-swap."""
+
+    def replace(current: dict[str, Any] | None) -> dict[str, Any]:
+        newest = (current or {}).get("lineage")
+        if publish_number(newest) != built_on:
+            raise PublishError(another_run_published(table, (newest or {}).get("raw2gold_run_id")))
+        return pointer
+
+    try:
+        lake.swap_json(pointer_path(table), replace)
+    except ConcurrentWriteError as exc:
+        _, other = _newest_number(lake, config, table)
+        raise PublishError(another_run_published(table, other)) from exc
 
 
 def _publish_table(
