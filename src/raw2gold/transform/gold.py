@@ -28,6 +28,7 @@ from raw2gold.transform.delta import (
     is_delta,
     log_commit,
     log_version,
+    newest_metadata,
     quote,
     sql_literal,
 )
@@ -337,6 +338,23 @@ def _rows_unchanged(commits: list[dict[str, Any]] | None) -> bool:
     return commits is not None and all(c.get("operation") in NO_DATA_CHANGE for c in commits)
 
 
+def _changed_outside(lake: Lake, config: PipelineConfig, table: str) -> str | None:
+    """How a Delta gold table changed after raw2gold's newest publish of it, by another writer
+    (a RESTORE, a DELETE or UPDATE by hand): "version 5: RESTORE"; None when it did not (or
+    only by OPTIMIZE and VACUUM, which change no rows)."""
+    relative = lake.gold_table(table)
+    if config.gold[table].format != "delta" or not is_delta(lake, relative):
+        return None
+    published = newest_metadata(lake, relative, "raw2gold_run_id", look_back=None)
+    if published is None:
+        return None
+    for version in range(published[0] + 1, log_version(lake, relative) + 1):
+        operation = (log_commit(lake, relative, version) or {}).get("operation")
+        if operation not in NO_DATA_CHANGE:
+            return f"version {version}: {operation or 'a commit'}"
+    return None
+
+
 def _rebuilt_in_run(lake: Lake, run_id: str, table: str) -> bool:
     """Whether this run rebuilds a gold table (its build record, written before dependants)."""
     build = staged_build(lake, run_id, table)
@@ -374,12 +392,21 @@ def plan_build(
     plan.built_on_publish = publish_number(last)
     build = (last or {}).get("build") or {}
     _same_layout_as_published(lake, config, table, last)
+    outside = _changed_outside(lake, config, table) if build else None
     if full_refresh:
         plan.reason = "full refresh requested"
     elif not build:
         plan.reason = "first build"
     elif build.get("model_hash") != plan.model_hash:
         plan.reason = "the model or its config changed"
+    elif outside:
+        # what the table holds is no longer what its last publish recorded: an incremental
+        # build would replace its changed groups only, and an unchanged one would leave it so
+        plan.reason = (
+            f"the table changed since run {last['raw2gold_run_id'] if last else '?'} "
+            f"published it ({outside}), not by raw2gold"
+        )
+        log.warning("gold %s: rebuilt in full: %s", table, plan.reason)
     else:
         plan.since = dict(build.get("inputs") or {})
         moved = [n for n in refs if plan.since.get(n) != inputs[n]]
