@@ -12,7 +12,7 @@ from raw2gold.config.loader import load_pipeline
 from raw2gold.lake.layout import Lake
 from raw2gold.transform.delta import delta_ref, log_version
 from raw2gold.transform.job import STAGES, run_stage
-from tests.transform.rawdata import categories, shop_records, ts, write_raw_run
+from tests.transform.rawdata import categories, purchase, shop_records, write_raw_run
 from tests.transform.reference import assert_gold_matches_reference
 
 T0 = datetime(2026, 1, 8, 6, tzinfo=UTC)
@@ -26,17 +26,11 @@ def _run(config: Any, spark: Any, run_id: str) -> dict[str, Any]:
     return {"build": (build["build"], build["reason"]), "publish": summaries["publish"]}
 
 
-def _purchase(i: int, user: int, product: int, day: int) -> dict[str, Any]:
-    return {
-        "id": i,
-        "user_id": user,
-        "product_id": product,
-        "created_at": ts(day, i),
-        "updated_at": ts(day, i + 60),
-        "added_to_cart_at": ts(day, i),
-        "purchased_at": ts(day, i + 30),
-        "returned_at": None,
-    }
+def _rebuilt_in_full(run: dict[str, Any], published_by: str, change: str) -> None:
+    assert run["build"] == (
+        "full",
+        f"the table changed since run {published_by} published it ({change}), not by raw2gold",
+    )
 
 
 def test_a_restored_or_edited_delta_gold_table_is_rebuilt_in_full(
@@ -52,30 +46,20 @@ def test_a_restored_or_edited_delta_gold_table_is_rebuilt_in_full(
     _run(config, spark, "run1")
     uri = lake.spark_uri(lake.gold_table(DAILY))
     run1_version = log_version(lake, lake.gold_table(DAILY))
-    write_raw_run(lake, "faker", "r2", {"purchases": [_purchase(201, 3, 1, 9)]}, T0 + timedelta(1))
+    write_raw_run(lake, "faker", "r2", {"purchases": [purchase(201, 3, 1, 9)]}, T0 + timedelta(1))
     assert _run(config, spark, "run2")["build"] == ("incremental", "changed: purchases")
     assert_gold_matches_reference(config)
 
     spark.sql(f"RESTORE TABLE {delta_ref(uri)} TO VERSION AS OF {run1_version}").collect()
     restored = log_version(lake, lake.gold_table(DAILY))
-    write_raw_run(lake, "faker", "r3", {"purchases": [_purchase(301, 4, 2, 12)]}, T0 + timedelta(2))
-    run3 = _run(config, spark, "run3")
-    assert run3["build"] == (
-        "full",
-        f"the table changed since run run2 published it (version {restored}: RESTORE), "
-        "not by raw2gold",
-    )
+    write_raw_run(lake, "faker", "r3", {"purchases": [purchase(301, 4, 2, 12)]}, T0 + timedelta(2))
+    _rebuilt_in_full(_run(config, spark, "run3"), "run2", f"version {restored}: RESTORE")
     assert_gold_matches_reference(config)
 
     # a run without new raw data after a DELETE by hand
     spark.sql(f"DELETE FROM {delta_ref(uri)} WHERE category = 'premium'").collect()
     deleted = log_version(lake, lake.gold_table(DAILY))
-    run4 = _run(config, spark, "run4")
-    assert run4["build"] == (
-        "full",
-        f"the table changed since run run3 published it (version {deleted}: DELETE), "
-        "not by raw2gold",
-    )
+    _rebuilt_in_full(_run(config, spark, "run4"), "run3", f"version {deleted}: DELETE")
     assert_gold_matches_reference(config)
 
     # OPTIMIZE and VACUUM change no rows: nothing to rebuild

@@ -112,6 +112,21 @@ def write_raw_run(
     return manifest
 
 
+def purchase(i: int, user: int, product: int, day: int, returned: bool = False) -> dict[str, Any]:
+    """One purchase of the shop's faker stream, on a January day (completed; returned the next
+    day when asked)."""
+    return {
+        "id": i,
+        "user_id": user,
+        "product_id": product,
+        "created_at": ts(day, i),
+        "updated_at": ts(day, i + 60),
+        "added_to_cart_at": ts(day, i),
+        "purchased_at": ts(day, i + 30),
+        "returned_at": ts(day + 1, i) if returned else None,
+    }
+
+
 def shop_records(seed: int = 7, users: int = 30, products: int = 12, purchases: int = 120) -> dict:
     """A deterministic first sync of the faker streams."""
     rng = random.Random(seed)

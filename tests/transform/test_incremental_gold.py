@@ -30,6 +30,7 @@ from tests.transform.rawdata import (
     MAKES,
     categories,
     daily_partitioned,
+    purchase,
     shop_records,
     ts,
     with_gold,
@@ -51,19 +52,6 @@ def run_all(shop: Any, spark: Any, run_id: str, full_refresh: bool = False) -> d
 def builds(summaries: dict[str, Any]) -> dict[str, tuple[str, str, int]]:
     gold = summaries["transform"]["gold"]
     return {t: (g["build"], g["reason"], g["groups"]) for t, g in gold.items()}
-
-
-def purchase(i: int, user: int, product: int, day: int, returned: bool = False) -> dict[str, Any]:
-    return {
-        "id": i,
-        "user_id": user,
-        "product_id": product,
-        "created_at": ts(day, i),
-        "updated_at": ts(day, i + 60),
-        "added_to_cart_at": ts(day, i),
-        "purchased_at": ts(day, i + 30),
-        "returned_at": ts(day + 1, i) if returned else None,
-    }
 
 
 def day_of(row: dict[str, Any]) -> date:
