@@ -95,20 +95,36 @@ def log_commit(lake: Lake, relative: str, version: int) -> dict[str, Any] | None
 
 
 def newest_metadata(
-    lake: Lake, relative: str, key: str, look_back: int | None = 50, value: Any = None
+    lake: Lake,
+    relative: str,
+    key: str,
+    look_back: int | None = 50,
+    value: Any = None,
+    at_most: int | None = None,
 ) -> tuple[int, dict[str, Any]] | None:
     """The newest commit whose JSON userMetadata has ``key`` (equal to ``value`` when given):
     (version, metadata), or None.
 
     Reads the log's commit files without Spark, newest first: at most ``look_back`` of them
-    (None: every commit the log still holds).
+    (None: every commit the log still holds), of versions up to ``at_most`` when given.
     """
-    versions = commit_versions(lake, relative)[::-1]
+    versions = [v for v in commit_versions(lake, relative)[::-1] if at_most is None or v <= at_most]
     for version in versions[:look_back]:
         metadata = (log_commit(lake, relative, version) or {}).get("metadata")
         if isinstance(metadata, dict) and key in metadata:
             if value is None or metadata[key] == value:
                 return version, metadata
+    return None
+
+
+def restored_to(lake: Lake, relative: str, after: int) -> int | None:
+    """The version the newest ``RESTORE`` after version ``after`` took the table back to (-1:
+    restored to a timestamp, not resolved here); None when there was no such restore."""
+    for version in range(log_version(lake, relative), after, -1):
+        commit = log_commit(lake, relative, version) or {}
+        if commit.get("operation") == "RESTORE":
+            target = str((commit.get("operationParameters") or {}).get("version"))
+            return int(target) if target.isdigit() else -1
     return None
 
 

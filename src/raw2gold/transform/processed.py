@@ -95,6 +95,7 @@ from raw2gold.transform.delta import (
     log_version,
     newest_metadata,
     quote,
+    restored_to,
     sql_literal,
     table_rows,
 )
@@ -191,9 +192,31 @@ def definition_changes(before: dict[str, Any] | None, model: ProcessedModel) -> 
 
 def newest_commit_record(lake: Lake, relative: str) -> dict[str, Any]:
     """What a processed table's newest raw2gold commit recorded: the raw runs applied, the
-    definition it was written with, … (empty: none yet)."""
+    definition it was written with, … (empty: none yet).
+
+    A table restored by hand (Delta ``RESTORE``) after that commit holds what the restored
+    version held: the record is the one of that version, so the raw runs the restore took out
+    are applied again (restored to a timestamp: no raw run counts as applied, and every one is
+    merged again, which leaves rows already there as they are)."""
     found = newest_metadata(lake, relative, "raw_runs")
-    return found[1] if found else {}
+    if found is None:
+        return {}
+    version, record = found
+    target = restored_to(lake, relative, version)
+    if target is None:
+        return record
+    earlier = (
+        newest_metadata(lake, relative, "raw_runs", None, at_most=target) if target >= 0 else None
+    )
+    kept = earlier[1] if earlier else {"definition": record.get("definition")}
+    log.warning(
+        "processed %s: restored to version %s after raw2gold wrote version %d: applying the "
+        "raw runs that version had not applied again",
+        relative.rsplit("/", 1)[-1],
+        target if target >= 0 else "(a timestamp)",
+        version,
+    )
+    return kept
 
 
 def processed_raw_runs(lake: Lake, relative: str) -> set[str]:
