@@ -138,11 +138,12 @@ def _print_run_summary(
 
 
 # ---- show ----------------------------------------------------------------------------------
-def _print_gold(config: PipelineConfig, name: str, limit: int) -> None:
+def _print_gold(config: PipelineConfig, name: str, limit: int, as_of: str | None = None) -> None:
     from raw2gold.publish import gold_arrow_table
 
-    data = gold_arrow_table(config, name)
-    table = _table(f"gold.{name}: {data.num_rows} rows", data.column_names)
+    data = gold_arrow_table(config, name, as_of)
+    when = f" as run {as_of} published it" if as_of else ""
+    table = _table(f"gold.{name}{when}: {data.num_rows} rows", data.column_names)
     for row in data.slice(0, limit).to_pylist():
         table.add_row(*[("" if v is None else str(v)) for v in row.values()])
     console.print(table)
@@ -154,7 +155,7 @@ def cmd_show(args: argparse.Namespace) -> int:
         raise CliError(
             f"no gold table {args.table!r} in {config.path.name}; known: {', '.join(config.gold)}"
         )
-    _print_gold(config, args.table, args.limit)
+    _print_gold(config, args.table, args.limit, args.as_of)
     return 0
 
 
@@ -431,6 +432,9 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("table")
     with_pipeline(show)
     show.add_argument("--limit", type=int, default=10)
+    show.add_argument(
+        "--as-of", metavar="RUN", help="the table as that run published it (raw2gold history)"
+    )
     show.set_defaults(func=cmd_show)
 
     history = sub.add_parser("history", help="publish history (lineage) of a gold table")

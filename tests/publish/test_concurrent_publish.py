@@ -4,47 +4,17 @@ putting back what its older build computed."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from raw2gold.config.loader import load_pipeline
 from raw2gold.lake.layout import Lake
 from raw2gold.publish import publisher
 from raw2gold.publish.publisher import PublishError, gold_arrow_table, publish_history
 from raw2gold.transform.job import STAGES, StageError, run_stage
 from tests.publish.digest import tree_digest
-from tests.transform.rawdata import shop_records, ts, users_pipeline, write_raw_run
-
-GOLD = {
-    "by_nationality": "  by_nationality: {sql: by_nationality.sql, format: delta}\n",
-    "ages": "  ages: {sql: ages.sql, format: parquet}\n",
-}
-
-
-def _published(tmp_path: Path, spark: Any, tables: list[str]) -> Any:
-    """A pipeline with these gold tables, which its first run published."""
-    gold = "".join(GOLD[t] for t in tables)
-    (tmp_path / "pipeline.yaml").write_text(users_pipeline("overtaken", gold))
-    (tmp_path / "by_nationality.sql").write_text(
-        "SELECT nationality, COUNT(*) AS users FROM {{ ref('users') }} GROUP BY nationality"
-    )
-    (tmp_path / "ages.sql").write_text("SELECT id, age FROM {{ ref('users') }}")
-    config = load_pipeline(tmp_path / "pipeline.yaml")
-    lake = Lake(config.lake)
-    users = shop_records(users=20)["users"]
-    write_raw_run(lake, "faker", "r1", {"users": users}, datetime(2026, 2, 1, tzinfo=UTC))
-    for stage in STAGES:
-        run_stage(config, stage, "run1", spark=spark)
-    return config
-
-
-def _new_users(lake: Lake, raw_run: str, first_id: int, day: int) -> None:
-    template = shop_records(users=1)["users"][0]
-    users = [{**template, "id": first_id + i, "updated_at": ts(day, i)} for i in range(3)]
-    write_raw_run(lake, "faker", raw_run, {"users": users}, datetime(2026, 2, day, tzinfo=UTC))
+from tests.publish.published import new_users, published
 
 
 def _users(config: Any) -> int:
@@ -54,15 +24,15 @@ def _users(config: Any) -> int:
     return sum(r["users"] for r in gold_arrow_table(config, "by_nationality").to_pylist())
 
 
-def test_a_build_another_run_published_over_is_not_published(tmp_path: Path, spark: Any) -> None:
+def test_a_build_another_run_published_over_is_notpublished(tmp_path: Path, spark: Any) -> None:
     """Run A builds and checks gold from 23 users; run B, started later, publishes 26; then A's
     publish would have put the 23 back (it did: gold went back to 23 users)."""
-    config = _published(tmp_path, spark, ["by_nationality", "ages"])
+    config = published(tmp_path, spark, ["by_nationality", "ages"])
     lake = Lake(config.lake)
-    _new_users(lake, "r2", 100, 2)
+    new_users(lake, "r2", 100, 2)
     for stage in ("transform", "check"):
         run_stage(config, stage, "runA", spark=spark)
-    _new_users(lake, "r3", 200, 3)
+    new_users(lake, "r3", 200, 3)
     for stage in STAGES:
         run_stage(config, stage, "runB", spark=spark)
     assert (
@@ -95,9 +65,9 @@ def test_of_two_publishes_at_once_one_commits(
     """Runs A and B built on the same published table; A publishes inside B's publish of it,
     after B looked for other runs' publishes (the window two processes share): Delta keeps
     one of the two commits (its transaction id), the Parquet pointer is switched once."""
-    config = _published(tmp_path, spark, [table])
+    config = published(tmp_path, spark, [table])
     lake = Lake(config.lake)
-    _new_users(lake, "r2", 100, 2)
+    new_users(lake, "r2", 100, 2)
     for stage in ("transform", "check"):
         run_stage(config, stage, "runA", spark=spark)
     for stage in ("transform", "check"):
@@ -135,9 +105,9 @@ def test_of_two_parquet_pointer_switches_in_one_instant_one_stands(
 
     from raw2gold.lake.layout import Lake as LakeClass
 
-    config = _published(tmp_path, spark, ["ages"])
+    config = published(tmp_path, spark, ["ages"])
     lake = Lake(config.lake)
-    _new_users(lake, "r2", 100, 2)
+    new_users(lake, "r2", 100, 2)
     for run in ("runA", "runB"):
         for stage in ("transform", "check"):
             run_stage(config, stage, run, spark=spark)

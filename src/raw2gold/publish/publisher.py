@@ -684,15 +684,18 @@ def delta_storage_options(lake: Lake) -> dict[str, str]:
 
 
 @contextmanager
-def gold_delta_table(lake: Lake, table: str) -> Iterator[DeltaTable]:
-    """A published Delta gold table opened with delta-rs; its errors while open (a damaged or
-    unreadable log) become one line naming the log's folder."""
+def gold_delta_table(lake: Lake, table: str, version: int | None = None) -> Iterator[DeltaTable]:
+    """A published Delta gold table opened with delta-rs (at ``version``: as that commit left
+    it); its errors while open (a damaged or unreadable log) become one line naming the log's
+    folder."""
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError
 
     try:
         yield DeltaTable(
-            lake.uri(lake.gold_table(table)), storage_options=delta_storage_options(lake)
+            lake.uri(lake.gold_table(table)),
+            version=version,
+            storage_options=delta_storage_options(lake),
         )
     except DeltaError as exc:
         first = first_line(exc)
@@ -703,22 +706,51 @@ def gold_delta_table(lake: Lake, table: str) -> Iterator[DeltaTable]:
         ) from None
 
 
-def gold_arrow_table(config: PipelineConfig, table: str) -> pa.Table:
-    """A published gold table read without Spark (delta-rs for Delta, pyarrow for Parquet)."""
+def gold_arrow_table(config: PipelineConfig, table: str, as_of: str | None = None) -> pa.Table:
+    """A published gold table read without Spark (delta-rs for Delta, pyarrow for Parquet);
+    ``as_of``: as the publish of that run left it (a Delta commit the log holds, a kept Parquet
+    version)."""
     import pyarrow.dataset as ds
 
     lake = Lake(config.lake)
+    relative = lake.gold_table(table)
+    history = f"`raw2gold history {table}` lists the publishes"
     if config.gold[table].format == "delta":
-        if not is_delta(lake, lake.gold_table(table)):
+        if not is_delta(lake, relative):
             raise not_published(table)
-        with gold_delta_table(lake, table) as delta:
-            return delta.to_pyarrow_table()
+        version = None
+        if as_of is not None:
+            found = newest_metadata(lake, relative, "raw2gold_run_id", look_back=None, value=as_of)
+            if found is None:
+                raise PublishError(
+                    f"gold table {table}: run {as_of} published no version of it that its "
+                    f"Delta log still holds; {history}"
+                )
+            version = found[0]
+        with gold_delta_table(lake, table, version) as delta:
+            try:
+                return delta.to_pyarrow_table()
+            except OSError as exc:  # an old version's files, which VACUUM removed
+                if version is None:
+                    raise
+                raise PublishError(
+                    f"gold table {table}: run {as_of}'s version ({version}) can no longer be "
+                    f"read, its files are gone ({first_line(exc)}): VACUUM removes the files "
+                    "of versions older than maintenance.vacuum_retain_hours"
+                ) from None
     pointer = current_pointer(lake, table)
     if pointer is None:
         raise not_published(table)
-    dataset = ds.dataset(
-        lake.path(pointer["path"]), filesystem=lake.fs, format="parquet", partitioning="hive"
-    )
+    path = pointer["path"]
+    if as_of is not None:
+        if as_of not in pointer.get("versions", []):
+            raise PublishError(
+                f"gold table {table}: run {as_of}'s version is not kept (a Parquet table keeps "
+                f"its newest {KEEP_VERSIONS}: {', '.join(pointer.get('versions', []))}); "
+                f"{history}"
+            )
+        path = f"{relative}/version={as_of}"
+    dataset = ds.dataset(lake.path(path), filesystem=lake.fs, format="parquet", partitioning="hive")
     return dataset.to_table()
 
 
