@@ -66,6 +66,13 @@ class S3Credentials:
     def __repr__(self) -> str:
         return f"S3Credentials(endpoint={self.endpoint!r}, region={self.region!r}, keys=***)"
 
+    @property
+    def endpoint_url(self) -> str | None:
+        """The endpoint with its scheme (https when it names none); None: AWS's own."""
+        if self.endpoint and "://" not in self.endpoint:
+            return f"https://{self.endpoint}"
+        return self.endpoint
+
 
 def s3_credentials(config: LakeConfig) -> S3Credentials:
     """Resolve ${ENV} references (and an Airflow connection, when configured) for the lake."""
@@ -111,16 +118,13 @@ class Lake:
                 self._fs = pafs.LocalFileSystem()
             else:
                 c = self.credentials
-                endpoint = c.endpoint
-                scheme = "https"
-                if endpoint and "://" in endpoint:
-                    scheme, _, endpoint = endpoint.partition("://")
+                scheme, _, endpoint = (c.endpoint_url or "https://").partition("://")
                 self._fs = pafs.S3FileSystem(
                     access_key=c.access_key,
                     secret_key=c.secret_key,
                     session_token=c.session_token,
                     region=c.region,
-                    endpoint_override=endpoint,
+                    endpoint_override=endpoint or None,
                     scheme=scheme,
                     force_virtual_addressing=not c.path_style,
                     allow_bucket_creation=False,
@@ -278,12 +282,9 @@ class Lake:
 
         c = self.credentials
         assert c is not None, "not an S3 lake"
-        endpoint = c.endpoint
-        if endpoint and "://" not in endpoint:
-            endpoint = f"https://{endpoint}"
         return boto3.client(
             "s3",
-            endpoint_url=endpoint,
+            endpoint_url=c.endpoint_url,
             region_name=c.region,
             aws_access_key_id=c.access_key,
             aws_secret_access_key=c.secret_key,

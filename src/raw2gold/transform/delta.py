@@ -117,11 +117,26 @@ def newest_metadata(
     return None
 
 
-def restored_to(lake: Lake, relative: str, after: int) -> int | None:
-    """The version the newest ``RESTORE`` after version ``after`` took the table back to (-1:
-    restored to a timestamp, not resolved here); None when there was no such restore."""
-    for version in range(log_version(lake, relative), after, -1):
+def commits_since_newest(
+    lake: Lake, relative: str, key: str
+) -> tuple[tuple[int, dict[str, Any]] | None, list[dict[str, Any]]]:
+    """The newest commit whose JSON userMetadata has ``key`` — (version, metadata), or None —
+    and the commitInfo of every commit after it, newest first (each with its ``version``): what
+    other writers did since (OPTIMIZE, a RESTORE or DELETE by hand). One listing of the log."""
+    later: list[dict[str, Any]] = []
+    for version in commit_versions(lake, relative)[::-1]:
         commit = log_commit(lake, relative, version) or {}
+        metadata = commit.get("metadata")
+        if isinstance(metadata, dict) and key in metadata:
+            return (version, metadata), later
+        later.append({**commit, "version": version})
+    return None, later
+
+
+def restored_to(commits: list[dict[str, Any]]) -> int | None:
+    """The version the newest ``RESTORE`` among these commits took the table back to (-1:
+    restored to a timestamp, not resolved here); None when there is none."""
+    for commit in commits:
         if commit.get("operation") == "RESTORE":
             target = str((commit.get("operationParameters") or {}).get("version"))
             return int(target) if target.isdigit() else -1

@@ -25,10 +25,10 @@ from raw2gold.errors import Raw2GoldError, described, first_line
 from raw2gold.lake.layout import Lake
 from raw2gold.transform.delta import (
     NO_DATA_CHANGE,
+    commits_since_newest,
     is_delta,
     log_commit,
     log_version,
-    newest_metadata,
     quote,
     sql_literal,
 )
@@ -345,14 +345,12 @@ def _changed_outside(lake: Lake, config: PipelineConfig, table: str) -> str | No
     relative = lake.gold_table(table)
     if config.gold[table].format != "delta" or not is_delta(lake, relative):
         return None
-    published = newest_metadata(lake, relative, "raw2gold_run_id", look_back=None)
-    if published is None:
+    published, later = commits_since_newest(lake, relative, "raw2gold_run_id")
+    changes = [c for c in later if c.get("operation") not in NO_DATA_CHANGE]
+    if published is None or not changes:
         return None
-    for version in range(published[0] + 1, log_version(lake, relative) + 1):
-        operation = (log_commit(lake, relative, version) or {}).get("operation")
-        if operation not in NO_DATA_CHANGE:
-            return f"version {version}: {operation or 'a commit'}"
-    return None
+    first = changes[-1]  # the oldest
+    return f"version {first['version']}: {first.get('operation') or 'a commit'}"
 
 
 def _rebuilt_in_run(lake: Lake, run_id: str, table: str) -> bool:

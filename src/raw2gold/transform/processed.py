@@ -87,6 +87,7 @@ from raw2gold.transform.delta import (
     NO_DATA_CHANGE,
     commit_metadata,
     commit_versions,
+    commits_since_newest,
     delta_ref,
     file_stats,
     is_delta,
@@ -198,11 +199,11 @@ def newest_commit_record(lake: Lake, relative: str) -> dict[str, Any]:
     version held: the record is the one of that version, so the raw runs the restore took out
     are applied again (restored to a timestamp: no raw run counts as applied, and every one is
     merged again, which leaves rows already there as they are)."""
-    found = newest_metadata(lake, relative, "raw_runs")
+    found, later = commits_since_newest(lake, relative, "raw_runs")
     if found is None:
         return {}
     version, record = found
-    target = restored_to(lake, relative, version)
+    target = restored_to(later)
     if target is None:
         return record
     earlier = (
