@@ -77,3 +77,64 @@ def test_swap_json_on_s3_refuses_a_file_replaced_since_it_was_read(s3_lake: Lake
     with pytest.raises(ConcurrentWriteError):  # the file changed after it was read
         s3_lake.swap_json("p.json", then_another_writer({"by": "third"}))
     assert s3_lake.read_json("p.json") == {"by": "other"}
+
+
+def test_swap_json_on_a_store_without_conditional_writes(monkeypatch, caplog) -> None:
+    """A store that answers conditional writes with 501 Not Implemented (stores before 2024)
+    gets the plain write raw2gold made before, with a warning once. The store cannot run here:
+    a small HTTP server on 127.0.0.1 plays its S3 API (GET, PUT), and the test says so."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    objects: dict[str, bytes] = {}
+    conditional: list[str] = []
+
+    class Store(BaseHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+        def _answer(self, status: int, body: bytes = b"") -> None:
+            self.send_response(status)
+            self.send_header("Content-Length", str(len(body)))
+            self.send_header("ETag", '"e"')
+            self.end_headers()
+            self.wfile.write(body)
+
+        def do_GET(self) -> None:
+            if self.path in objects:
+                self._answer(200, objects[self.path])
+            else:
+                self._answer(404, b"<Error><Code>NoSuchKey</Code></Error>")
+
+        def do_PUT(self) -> None:
+            body = self.rfile.read(int(self.headers["Content-Length"]))
+            if self.headers.get("If-None-Match") or self.headers.get("If-Match"):
+                conditional.append(self.path)
+                self._answer(501, b"<Error><Code>NotImplemented</Code></Error>")
+                return
+            objects[self.path] = body
+            self._answer(200)
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Store)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        from raw2gold.lake import layout
+
+        monkeypatch.setattr(layout, "_UNCONDITIONAL_WARNED", [])
+        monkeypatch.setenv("OLD_STORE_KEY", "key")
+        monkeypatch.setenv("OLD_STORE_SECRET", "secret")
+        settings = S3Settings(
+            endpoint=f"http://127.0.0.1:{server.server_port}",
+            path_style=True,
+            access_key="${OLD_STORE_KEY}",
+            secret_key="${OLD_STORE_SECRET}",
+        )
+        lake = Lake(LakeConfig(uri="s3://old/lake", s3=settings))
+        for n in (1, 2):
+            assert lake.swap_json("p.json", lambda current, n=n: {"n": n}) == {"n": n}
+        assert objects == {"/old/lake/p.json": b'{\n  "n": 2\n}'}
+        assert conditional == ["/old/lake/p.json"] * 2
+        warnings = [r for r in caplog.records if "does not support conditional" in r.message]
+        assert len(warnings) == 1  # once a process
+    finally:
+        server.shutdown()

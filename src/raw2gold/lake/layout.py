@@ -22,6 +22,7 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
+import logging
 import re
 import uuid
 from collections.abc import Callable
@@ -37,6 +38,8 @@ if TYPE_CHECKING:
 
 from raw2gold.config.loader import resolve_env
 from raw2gold.config.models import RUNS_FOLDER, LakeConfig
+
+log = logging.getLogger(__name__)
 
 RUN_ID_PATTERN = re.compile(r"^[0-9]{8}T[0-9]{6}Z-[0-9a-f]{8}$")
 
@@ -86,6 +89,10 @@ def s3_credentials(config: LakeConfig) -> S3Credentials:
 
         access_key, secret_key, token, endpoint = aws_connection_credentials(s3.conn_id, endpoint)
     return S3Credentials(endpoint, s3.region, s3.path_style, access_key, secret_key, token)
+
+
+# Stores that answer conditional writes with 501 Not Implemented, warned about once a process.
+_UNCONDITIONAL_WARNED: list[bool] = []
 
 
 class ConcurrentWriteError(RuntimeError):
@@ -272,7 +279,19 @@ class Lake:
             status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
             if status in (409, 412):
                 raise ConcurrentWriteError(self.uri(relative)) from exc
-            raise
+            if status != 501:
+                raise
+            # a store without conditional writes: the write as before them, said once
+            if not _UNCONDITIONAL_WARNED:
+                _UNCONDITIONAL_WARNED.append(True)
+                log.warning(
+                    "the S3 store at %s does not support conditional writes (If-Match): %s is "
+                    "replaced without compare-and-swap, so two runs publishing it at the same "
+                    "instant are not told apart",
+                    self.credentials.endpoint_url if self.credentials else "AWS",
+                    self.uri(relative),
+                )
+            client.put_object(Bucket=bucket, Key=key, Body=data)
         return payload
 
     def s3_client(self) -> Any:
