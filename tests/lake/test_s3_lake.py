@@ -8,20 +8,6 @@ from raw2gold.config.models import LakeConfig, S3Settings
 from raw2gold.lake import Lake
 
 
-@pytest.fixture
-def s3_lake(s3_server, monkeypatch) -> Lake:
-    bucket = s3_server.create_bucket("lake-layout")
-    monkeypatch.setenv("TEST_S3_KEY", s3_server.access_key)
-    monkeypatch.setenv("TEST_S3_SECRET", s3_server.secret_key)
-    settings = S3Settings(
-        endpoint=s3_server.endpoint,
-        path_style=True,
-        access_key="${TEST_S3_KEY}",
-        secret_key="${TEST_S3_SECRET}",
-    )
-    return Lake(LakeConfig(uri=f"s3://{bucket}/pipelines/shop", s3=settings))
-
-
 def test_manifests_and_listing_on_s3(s3_lake: Lake, s3_server) -> None:
     assert s3_lake.committed_raw_runs("faker") == []
     s3_lake.write_json(Lake.raw_manifest("faker", "r1"), {"run_id": "r1", "state": [{"x": 1}]})

@@ -4,6 +4,8 @@ A second run with new, updated and CDC-deleted purchases goes through what only 
 incremental run uses — MERGE and the deleted keys, the Delta log read without Spark, the change
 feed, affected groups written from the driver and read back through S3A, an incremental Parquet
 publish behind its pointer — and gold must equal the independent computation after each run.
+While run2 starts, another run holds processed purchases' lease (Delta on S3 is single-driver):
+run2 waits for it, then applies its raw run as before.
 Spark runs in its own process: the session-wide `spark` fixture has no S3 jars.
 """
 
@@ -14,13 +16,14 @@ from pathlib import Path
 from tests.fixtures.paths import shop_copy_on_s3
 
 SCRIPT = """
-import json, sys
+import json, logging, sys, threading, time
 from datetime import UTC, datetime
 
 import pyarrow as pa
 
 from raw2gold.config.loader import load_pipeline
 from raw2gold.lake.layout import Lake
+from raw2gold.lake.lease import TableLease, lease_path
 from raw2gold.transform.job import STAGES, run_stage
 from raw2gold.transform.session import spark_session
 from tests.transform.rawdata import ts, write_raw_run
@@ -45,13 +48,32 @@ new = [
 ]
 purchases = deleted + returned + new
 write_raw_run(lake, "faker", "r2", {"purchases": purchases}, T2, extra_fields=CDC)
+# another run (runX) is writing processed purchases when run2 starts: run2 waits for its lease
+waits = []
+class Waits(logging.Handler):
+    def emit(self, record):
+        if "waiting for run runX" in record.getMessage():
+            waits.append(record.getMessage())
+logging.getLogger("raw2gold.lake.lease").addHandler(Waits())
+logging.getLogger("raw2gold.lake.lease").setLevel(logging.INFO)
+other = TableLease(lake, "processed.purchases", "runX", ttl=30)
+other.acquire()
+released = []
+def release_later():
+    time.sleep(8)
+    released.append(datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"))
+    other.release()
+threading.Thread(target=release_later).start()
 summaries = {stage: run_stage(config, stage, "run2", spark=spark) for stage in STAGES}
+lease = lake.read_json(lease_path("processed.purchases"))
 assert_gold_matches_reference(config)
 processed = summaries["transform"]["processed"]["purchases"]
 gold = summaries["transform"]["gold"]
 print("RESULT " + json.dumps({
     "rows_deleted": processed["rows_deleted"],
     "builds": {name: gold[name]["build"] for name in sorted(gold)},
+    "waited_for_runX": bool(waits),
+    "lease": [lease["run_id"], lease["released"], lease["acquired_at"] >= released[0]],
 }))
 spark.stop()
 """
@@ -68,5 +90,7 @@ def test_incremental_run_on_s3_matches_the_reference(s3_server, tmp_path: Path) 
             "daily_category_revenue": "incremental",
             "top_products": "full",
         },
+        "waited_for_runX": True,
+        "lease": ["run2", True, True],  # run2 took the lease after runX released it
     }
     assert not (pipeline.parent / "lake").exists(), "nothing may land on the local disk"

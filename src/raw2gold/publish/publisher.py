@@ -39,6 +39,7 @@ from raw2gold.config.loader import gold_order
 from raw2gold.config.models import PipelineConfig
 from raw2gold.errors import Raw2GoldError, error_class, first_line
 from raw2gold.lake.layout import ConcurrentWriteError, Lake, utc_now
+from raw2gold.lake.lease import table_lease
 from raw2gold.transform.delta import (
     CONCURRENT,
     commit_metadata,
@@ -541,9 +542,10 @@ def _publish_table(
     if rows is not None:
         metadata = {**metadata, "rows": rows}
     if model.format == "delta":
-        action, version = _publish_delta(
-            spark, config, lake, table, run_id, df, metadata, incremental, built_on
-        )
+        with table_lease(lake, f"gold.{table}", run_id):
+            action, version = _publish_delta(
+                spark, config, lake, table, run_id, df, metadata, incremental, built_on
+            )
         if rows is None:
             rows = table_rows(spark, lake, lake.gold_table(table), int(version))
     else:

@@ -248,7 +248,7 @@ def _execute(
     elif stage == "maintain":
         from raw2gold.transform.maintenance import maintain
 
-        summary["maintained"] = {r.table: r.as_dict() for r in maintain(spark, config)}
+        summary["maintained"] = {r.table: r.as_dict() for r in maintain(spark, config, run_id)}
     elif stage not in ("transform", "processed"):
         raise ValueError(f"unknown stage {stage!r}; expected one of {', '.join(ALL_STAGES)}")
 

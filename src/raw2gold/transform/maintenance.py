@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.models import MaintenanceConfig, PipelineConfig
 from raw2gold.lake.layout import Lake, utc_now
+from raw2gold.lake.lease import table_lease
 from raw2gold.transform.delta import delta_ref, is_delta, live_files
 from raw2gold.transform.processed import EXTRACTED_AT
 
@@ -82,51 +83,65 @@ def _vacuum_due(state: dict[str, Any], table: str, every_hours: float) -> bool:
     return age.total_seconds() >= every_hours * 3600
 
 
-def maintain(spark: SparkSession, config: PipelineConfig) -> list[MaintenanceResult]:
+def maintain(
+    spark: SparkSession, config: PipelineConfig, run_id: str = "maintain"
+) -> list[MaintenanceResult]:
     """OPTIMIZE and VACUUM the pipeline's Delta tables as ``config.maintenance`` says
-    (its defaults when the pipeline has no ``maintenance`` block)."""
+    (its defaults when the pipeline has no ``maintenance`` block); each under its table's
+    lease on S3 (a processed table's deleted keys under the processed table's)."""
     settings = config.maintenance or MaintenanceConfig()
     lake = Lake(config.lake)
     state: dict[str, Any] = lake.read_record(STATE) or {}
-    small_bytes = settings.small_file_mb * 2**20
     results = []
     for table, relative in delta_tables(config).items():
-        started = time.monotonic()
-        uri = delta_ref(lake.spark_uri(relative))
-        forgotten = 0
-        if table.startswith("deleted.") and settings.deleted_keys_retain_days is not None:
-            forgotten = _forget_deleted_keys(spark, table, uri, settings.deleted_keys_retain_days)
-        files = live_files(lake, relative)
-        if files is None:  # a log raw2gold cannot read without Spark: ask Spark for the count
-            detail = spark.sql(f"DESCRIBE DETAIL {uri}").collect()[0]
-            files = [{"size": 0}] * int(detail["numFiles"])
-        small = _compactable(files, small_bytes)
-        optimize = settings.optimize_min_files > 0 and small >= settings.optimize_min_files
-        if optimize:
-            log.info("%s: %d of %d live files can be compacted: OPTIMIZE", table, small, len(files))
-            spark.sql(f"OPTIMIZE {uri}")
-        retain = settings.vacuum_retain_hours
-        vacuum = False
-        if retain is not None and _vacuum_due(state, table, settings.vacuum_every_hours):
-            log.info("%s: VACUUM, keeping what the last %g h need", table, retain)
-            _vacuum(spark, uri, retain)
-            state[table] = {**state.get(table, {}), "vacuumed_at": utc_now()}
-            lake.write_json(STATE, state)  # per table: a maintain that stops halfway keeps it
-            vacuum = True
-        after = live_files(lake, relative) if optimize else files
-        results.append(
-            MaintenanceResult(
-                table,
-                len(files),
-                small,
-                optimize,
-                vacuum,
-                len(after) if after is not None else -1,
-                round(time.monotonic() - started, 3),
-                forgotten,
-            )
-        )
+        kind, _, name = table.partition(".")
+        lease = f"{'processed' if kind == 'deleted' else kind}.{name}"
+        with table_lease(lake, lease, run_id):
+            results.append(_maintain_table(spark, lake, settings, state, table, relative))
     return results
+
+
+def _maintain_table(
+    spark: SparkSession,
+    lake: Lake,
+    settings: MaintenanceConfig,
+    state: dict[str, Any],
+    table: str,
+    relative: str,
+) -> MaintenanceResult:
+    started = time.monotonic()
+    uri = delta_ref(lake.spark_uri(relative))
+    forgotten = 0
+    if table.startswith("deleted.") and settings.deleted_keys_retain_days is not None:
+        forgotten = _forget_deleted_keys(spark, table, uri, settings.deleted_keys_retain_days)
+    files = live_files(lake, relative)
+    if files is None:  # a log raw2gold cannot read without Spark: ask Spark for the count
+        detail = spark.sql(f"DESCRIBE DETAIL {uri}").collect()[0]
+        files = [{"size": 0}] * int(detail["numFiles"])
+    small = _compactable(files, settings.small_file_mb * 2**20)
+    optimize = settings.optimize_min_files > 0 and small >= settings.optimize_min_files
+    if optimize:
+        log.info("%s: %d of %d live files can be compacted: OPTIMIZE", table, small, len(files))
+        spark.sql(f"OPTIMIZE {uri}")
+    retain = settings.vacuum_retain_hours
+    vacuum = False
+    if retain is not None and _vacuum_due(state, table, settings.vacuum_every_hours):
+        log.info("%s: VACUUM, keeping what the last %g h need", table, retain)
+        _vacuum(spark, uri, retain)
+        state[table] = {**state.get(table, {}), "vacuumed_at": utc_now()}
+        lake.write_json(STATE, state)  # per table: a maintain that stops halfway keeps it
+        vacuum = True
+    after = live_files(lake, relative) if optimize else files
+    return MaintenanceResult(
+        table,
+        len(files),
+        small,
+        optimize,
+        vacuum,
+        len(after) if after is not None else -1,
+        round(time.monotonic() - started, 3),
+        forgotten,
+    )
 
 
 def _forget_deleted_keys(spark: SparkSession, table: str, uri: str, days: float) -> int:

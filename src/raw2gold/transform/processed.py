@@ -82,6 +82,7 @@ from raw2gold.config.models import (
 )
 from raw2gold.errors import Raw2GoldError, error_class, first_line, root_cause
 from raw2gold.lake.layout import Lake, utc_now
+from raw2gold.lake.lease import table_lease
 from raw2gold.transform.delta import (
     CONCURRENT,
     NO_DATA_CHANGE,
@@ -859,7 +860,8 @@ def process_table(
     naming the file, its raw run and what to do (:class:`ProcessedError`).
     """
     try:
-        return _process_table(spark, config, table, run_id, full_refresh)
+        with table_lease(Lake(config.lake), f"processed.{table}", run_id):
+            return _process_table(spark, config, table, run_id, full_refresh)
     except ProcessedError:
         raise
     except Exception as exc:

@@ -1,0 +1,75 @@
+"""Table leases on a real S3-compatible server (SeaweedFS on 127.0.0.1): one raw2gold writer
+of a Delta table at a time, across Spark drivers (Delta's S3 log store is single-driver)."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from raw2gold.config.models import LakeConfig
+from raw2gold.lake import Lake
+from raw2gold.lake.lease import LeaseLost, TableLease, lease_path, table_lease
+
+
+def test_a_second_writer_waits_while_the_first_renews_its_lease(s3_lake: Lake, caplog) -> None:
+    """A holds the lease more than twice its time to live, renewing it; B waits all along and
+    takes it only once A releases it."""
+    caplog.set_level(logging.INFO, logger="raw2gold.lake.lease")
+    first = TableLease(s3_lake, "processed.users", "runA", ttl=1.0, poll=0.1)
+    first.acquire()
+    events: list[str] = []
+
+    def second_writer() -> None:
+        second = TableLease(s3_lake, "processed.users", "runB", ttl=1.0, poll=0.1)
+        second.acquire()
+        events.append("B took it")
+        second.release()
+
+    thread = threading.Thread(target=second_writer)
+    thread.start()
+    time.sleep(2.5)  # past A's first expiry twice: only its renewals keep B out
+    events.append("A releases")
+    first.release()
+    thread.join(timeout=30)
+    assert events == ["A releases", "B took it"]
+    lease = s3_lake.read_json(lease_path("processed.users"))
+    assert (lease["run_id"], lease["released"]) == ("runB", True)
+    waiting = [r.message for r in caplog.records if "waiting for run runA" in r.message]
+    assert waiting, "B says whom it waits for"
+
+
+def test_a_lease_its_holder_stopped_renewing_is_taken_over(s3_lake: Lake, caplog) -> None:
+    """A writer killed while it held the lease renews it no more: the next takes it once it
+    has expired, saying whose it was."""
+    gone = {"run_id": "runGone", "token": "t", "host": "h", "pid": 1, "released": False}
+    s3_lake.write_json(lease_path("gold.by_day"), {**gone, "expires": time.time() - 1})
+    lease = TableLease(s3_lake, "gold.by_day", "runB")
+    lease.acquire()
+    lease.release()
+    taken = [r.message for r in caplog.records if "taking it over" in r.message]
+    assert len(taken) == 1 and "run runGone (host h, pid 1)" in taken[0]
+    assert s3_lake.read_json(lease_path("gold.by_day"))["run_id"] == "runB"
+
+
+def test_a_writer_whose_lease_was_taken_is_told(s3_lake: Lake) -> None:
+    """Had A's renewals failed for longer than the lease lives, B took it over; A's release
+    then fails in one line naming B, instead of A's run passing as if it had written alone."""
+    lease = TableLease(s3_lake, "processed.orders", "runA")
+    lease.acquire()
+    taken = {**s3_lake.read_json(lease_path("processed.orders")), "run_id": "runB", "token": "x"}
+    s3_lake.write_json(lease_path("processed.orders"), taken)
+    with pytest.raises(LeaseLost, match=r"^processed.orders: this run's lease expired .* run runB"):
+        lease.release()
+    assert s3_lake.read_json(lease_path("processed.orders"))["run_id"] == "runB"
+
+
+def test_a_local_lake_takes_no_lease(tmp_path: Path) -> None:
+    """Delta commits on a local lake by an atomic rename that refuses a second writer."""
+    lake = Lake(LakeConfig(uri=str(tmp_path / "lake")))
+    with table_lease(lake, "processed.users", "runA"):
+        pass
+    assert not (tmp_path / "lake").exists()
