@@ -120,7 +120,7 @@ def test_swap_json_on_a_store_without_conditional_writes(monkeypatch, caplog) ->
             assert lake.swap_json("p.json", lambda current, n=n: {"n": n}) == {"n": n}
         assert objects == {"/old/lake/p.json": b'{\n  "n": 2\n}'}
         assert conditional == ["/old/lake/p.json"] * 2
-        warnings = [r for r in caplog.records if "does not support conditional" in r.message]
+        warnings = [r for r in caplog.records if "does not support conditional" in r.getMessage()]
         assert len(warnings) == 1  # once a process
     finally:
         server.shutdown()

@@ -109,7 +109,7 @@ class TableLease:
     def acquire(self) -> None:
         """Take the lease, waiting while another live writer holds it."""
         started = time.monotonic()
-        said = -WAIT_LOG_SECONDS
+        said: float | None = None
         while True:
             try:
                 self.lake.swap_json(self.path, self._take)
@@ -118,7 +118,7 @@ class TableLease:
                 continue  # another writer took or renewed it between our read and write
             except _Held as held:
                 waited = time.monotonic() - started
-                if waited - said >= WAIT_LOG_SECONDS:
+                if said is None or waited - said >= WAIT_LOG_SECONDS:
                     said = waited
                     log.info(
                         "%s: waiting for %s, which is writing the table (lease renewed until "
@@ -129,9 +129,8 @@ class TableLease:
                         waited,
                     )
                 time.sleep(self.poll)
-        waited = time.monotonic() - started
-        if waited >= self.poll:
-            log.info("%s: lease taken after waiting %.0f s", self.name, waited)
+        if said is not None:
+            log.info("%s: lease taken after waiting %.0f s", self.name, time.monotonic() - started)
         self._stop.clear()
         self._renewer = threading.Thread(
             target=self._renew_until_released, name=f"lease {self.name}", daemon=True
