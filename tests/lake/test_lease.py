@@ -1,9 +1,12 @@
-"""Table leases on a real S3-compatible server (SeaweedFS on 127.0.0.1): one raw2gold writer
-of a Delta table at a time, across Spark drivers (Delta's S3 log store is single-driver)."""
+"""Table leases: one raw2gold writer of a Delta table at a time, across Spark drivers (Delta's
+commit is not atomic across processes on S3 nor on a local folder). S3 leases run against a
+real S3-compatible server (SeaweedFS on 127.0.0.1)."""
 
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -68,9 +71,45 @@ def test_a_writer_whose_lease_was_taken_is_told(s3_lake: Lake) -> None:
     assert s3_lake.read_json(lease_path("processed.orders"))["run_id"] == "runB"
 
 
-def test_a_local_lake_takes_no_lease(tmp_path: Path) -> None:
-    """Delta commits on a local lake by an atomic rename that refuses a second writer."""
+HOLDER = """
+import sys, time
+from raw2gold.config.models import LakeConfig
+from raw2gold.lake import Lake
+from raw2gold.lake.lease import table_lease
+
+with table_lease(Lake(LakeConfig(uri=sys.argv[1])), "gold.by_day", "runA"):
+    print("HELD", flush=True)
+    time.sleep(600)
+"""
+
+
+def test_a_local_lease_is_freed_the_moment_its_holder_is_killed(tmp_path: Path, caplog) -> None:
+    """On a local lake the lease is a lock the kernel holds for a process: a second writer
+    waits, naming the holder, and takes it as soon as the holder is killed (SIGKILL: no
+    cleanup ran), not after a time to live."""
+    caplog.set_level(logging.INFO, logger="raw2gold.lake.lease")
     lake = Lake(LakeConfig(uri=str(tmp_path / "lake")))
-    with table_lease(lake, "processed.users", "runA"):
-        pass
-    assert not (tmp_path / "lake").exists()
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, lake.config.uri], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "HELD"
+        events: list[str] = []
+
+        def second_writer() -> None:
+            with table_lease(lake, "gold.by_day", "runB", poll=0.1):
+                events.append("B took it")
+
+        thread = threading.Thread(target=second_writer)
+        thread.start()
+        time.sleep(1.0)
+        events.append("A killed")
+        holder.kill()
+        thread.join(timeout=30)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert events == ["A killed", "B took it"]
+    waiting = [r.getMessage() for r in caplog.records if "waiting for run runA" in r.getMessage()]
+    assert waiting and f"pid {holder.pid})" in waiting[0]
+    assert lake.read_json(lease_path("gold.by_day"))["run_id"] == "runB"

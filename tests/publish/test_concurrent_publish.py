@@ -60,11 +60,17 @@ def test_a_build_another_run_published_over_is_notpublished(tmp_path: Path, spar
 
 @pytest.mark.parametrize("table", ["by_nationality", "ages"])
 def test_of_two_publishes_at_once_one_commits(
-    tmp_path: Path, spark: Any, monkeypatch: pytest.MonkeyPatch, table: str
+    tmp_path: Path,
+    spark: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    table: str,
+    without_table_leases: None,
 ) -> None:
     """Runs A and B built on the same published table; A publishes inside B's publish of it,
     after B looked for other runs' publishes (the window two processes share): Delta keeps
-    one of the two commits (its transaction id), the Parquet pointer is switched once."""
+    one of the two commits (its transaction id), the Parquet pointer is switched once. The
+    Delta table's lease keeps two publishes apart before this (tests/lake/test_lease.py); this
+    is the guard behind it, tested with the lease off."""
     config = published(tmp_path, spark, [table])
     lake = Lake(config.lake)
     new_users(lake, "r2", 100, 2)

@@ -10,7 +10,7 @@ _state/sources/<source>.json              connector state of the last committed 
 _state/runs/<run_id>/                     run bookkeeping (stage summaries)
 _state/checks/processed/<table>.json      check results of a processed table's newest version
 _state/deleted/<table>/                   Delta: keys deleted by CDC records, with their cursor
-_state/leases/<kind>/<table>.json         S3: the run writing that Delta table (lake/lease.py)
+_state/leases/<kind>/<table>.json         the run writing that Delta table (lake/lease.py)
 _staging/<run_id>/gold/<table>/           gold built and checked, not yet published
 _staging/<run_id>/builds/<table>.json      how it was built (full | incremental | unchanged)
 _staging/<run_id>/affected/<table>/       the groups an incremental build recomputed

@@ -1,20 +1,24 @@
-"""Table leases: one raw2gold writer at a time per Delta table on an S3 lake.
+"""Table leases: one raw2gold writer at a time per Delta table, across Spark drivers.
 
-Delta's S3 log store checks that a commit file does not exist and then writes it, and S3A
-writes it without ``If-None-Match``: two Spark drivers committing the same version of a table
-in the same instant both pass the check, and one commit replaces the other (Delta documents
-S3 as single-driver). A lease serialises raw2gold's writers of one table across drivers and
-hosts: a small JSON file ``_state/leases/<kind>/<table>.json`` that a writer takes by
-compare-and-swap (:meth:`Lake.swap_json`: a conditional PUT on S3), renews while it works and
-marks released after. A writer that finds the lease held waits; a lease its holder stopped
-renewing (killed, host gone) is taken over once it expires.
+Delta commits version N of a table by creating its log file only if it does not exist, but
+neither of the file systems a lake lives on does that in one step for two processes: Delta's S3
+log store checks that the file is absent and then writes it (S3A sends no ``If-None-Match``),
+and on a local folder Hadoop's rename does not refuse an existing target (Delta's HDFS log store
+checks first, and serialises only the writers of its own JVM). Two runs with their own Spark
+drivers committing one table in the same instant both pass the check, and one commit replaces
+the other. A lease serialises raw2gold's writers of a table:
 
-Local lakes take no lease: Delta commits there by an atomic rename, which refuses a second
-writer of the same version.
+* on S3, a small JSON file ``_state/leases/<kind>/<table>.json`` that a writer takes by
+  compare-and-swap (:meth:`Lake.swap_json`, a conditional PUT), renews while it works and marks
+  released after; a writer that finds it held waits, and a lease its holder stopped renewing
+  (killed, host gone) is taken over once it expires;
+* on a local lake, an exclusive ``flock`` on ``<kind>/<table>.lock`` beside that file, which
+  the kernel releases when its process ends however it ends; the JSON file says who holds it.
 """
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import os
 import socket
@@ -58,6 +62,22 @@ def _when(epoch: float) -> str:
 
 def _holder(lease: dict[str, Any]) -> str:
     return f"run {lease.get('run_id')} (host {lease.get('host')}, pid {lease.get('pid')})"
+
+
+def _say_waiting(name: str, lease: dict[str, Any], started: float, said: float | None) -> float:
+    """Log whom a writer waits for, at first and then every minute; when it last said so."""
+    waited = time.monotonic() - started
+    if said is not None and waited - said < WAIT_LOG_SECONDS:
+        return said
+    until = f" (lease renewed until {lease['expires_at']})" if lease.get("expires_at") else ""
+    log.info(
+        "%s: waiting for %s, which is writing the table%s; waited %.0f s",
+        name,
+        _holder(lease),
+        until,
+        waited,
+    )
+    return waited
 
 
 class TableLease:
@@ -117,17 +137,7 @@ class TableLease:
             except ConcurrentWriteError:
                 continue  # another writer took or renewed it between our read and write
             except _Held as held:
-                waited = time.monotonic() - started
-                if said is None or waited - said >= WAIT_LOG_SECONDS:
-                    said = waited
-                    log.info(
-                        "%s: waiting for %s, which is writing the table (lease renewed until "
-                        "%s; waited %.0f s)",
-                        self.name,
-                        _holder(held.lease),
-                        held.lease.get("expires_at"),
-                        waited,
-                    )
+                said = _say_waiting(self.name, held.lease, started, said)
                 time.sleep(self.poll)
         if said is not None:
             log.info("%s: lease taken after waiting %.0f s", self.name, time.monotonic() - started)
@@ -184,13 +194,14 @@ class TableLease:
 
 
 @contextmanager
-def table_lease(lake: Lake, name: str, run_id: str) -> Iterator[None]:
+def table_lease(lake: Lake, name: str, run_id: str, poll: float = 1.0) -> Iterator[None]:
     """Hold the lease of table ``name`` (``processed.users``, ``gold.by_day``) while the block
-    writes it, on an S3 lake; a local lake needs none (see the module's docstring)."""
+    writes it (see the module's docstring)."""
     if lake.scheme != "s3":
-        yield
+        with _local_lease(lake, name, run_id, poll):
+            yield
         return
-    lease = TableLease(lake, name, run_id)
+    lease = TableLease(lake, name, run_id, poll=poll)
     lease.acquire()
     try:
         yield
@@ -201,3 +212,31 @@ def table_lease(lake: Lake, name: str, run_id: str) -> Iterator[None]:
             log.error("%s", lost)
         raise
     lease.release()
+
+
+@contextmanager
+def _local_lease(lake: Lake, name: str, run_id: str, poll: float) -> Iterator[None]:
+    relative = lease_path(name)
+    target = lake.path(relative)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    started = time.monotonic()
+    said: float | None = None
+    with open(target.removesuffix(".json") + ".lock", "a") as lock:
+        while True:
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                holder = lake.read_record(relative) or {"run_id": "?"}
+                said = _say_waiting(name, holder, started, said)
+                time.sleep(poll)
+        try:
+            if said is not None:
+                waited = time.monotonic() - started
+                log.info("%s: lease taken after waiting %.0f s", name, waited)
+            now = _when(time.time())
+            holder = {"table": name, "run_id": run_id, "host": socket.gethostname()}
+            lake.write_json(relative, {**holder, "pid": os.getpid(), "acquired_at": now})
+            yield
+        finally:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
