@@ -69,7 +69,7 @@ def _say_waiting(name: str, lease: dict[str, Any], started: float, said: float |
     waited = time.monotonic() - started
     if said is not None and waited - said < WAIT_LOG_SECONDS:
         return said
-    until = f" (lease renewed until {lease['expires_at']})" if lease.get("expires_at") else ""
+    until = f" (lease renewed until {_when(lease['expires'])})" if lease.get("expires") else ""
     log.info(
         "%s: waiting for %s, which is writing the table%s; waited %.0f s",
         name,
@@ -99,7 +99,7 @@ class TableLease:
         self._stop = threading.Event()
         self._renewer: threading.Thread | None = None
 
-    def _mine(self, acquired_at: float | None = None) -> dict[str, Any]:
+    def _mine(self) -> dict[str, Any]:
         now = time.time()
         return {
             "table": self.name,
@@ -107,9 +107,8 @@ class TableLease:
             "token": self.token,
             "host": socket.gethostname(),
             "pid": os.getpid(),
-            "acquired_at": _when(acquired_at or now),
+            "acquired_at": _when(now),
             "expires": now + self.ttl,
-            "expires_at": _when(now + self.ttl),
             "released": False,
         }
 
@@ -122,7 +121,7 @@ class TableLease:
                 "taking it over",
                 self.name,
                 _holder(current),
-                current.get("expires_at"),
+                _when(float(current.get("expires") or 0)),
             )
         return self._mine()
 
