@@ -80,6 +80,22 @@ def _say_waiting(name: str, lease: dict[str, Any], started: float, said: float |
     return waited
 
 
+def _record(name: str, run_id: str) -> dict[str, Any]:
+    """Who holds a lease: what the waiting message names."""
+    return {
+        "table": name,
+        "run_id": run_id,
+        "host": socket.gethostname(),
+        "pid": os.getpid(),
+        "acquired_at": _when(time.time()),
+    }
+
+
+def _say_taken(name: str, started: float, said: float | None) -> None:
+    if said is not None:
+        log.info("%s: lease taken after waiting %.0f s", name, time.monotonic() - started)
+
+
 class TableLease:
     """A lease on one table, for one run: :meth:`acquire`, work, :meth:`release`."""
 
@@ -100,15 +116,10 @@ class TableLease:
         self._renewer: threading.Thread | None = None
 
     def _mine(self) -> dict[str, Any]:
-        now = time.time()
         return {
-            "table": self.name,
-            "run_id": self.run_id,
+            **_record(self.name, self.run_id),
             "token": self.token,
-            "host": socket.gethostname(),
-            "pid": os.getpid(),
-            "acquired_at": _when(now),
-            "expires": now + self.ttl,
+            "expires": time.time() + self.ttl,
             "released": False,
         }
 
@@ -138,15 +149,15 @@ class TableLease:
             except _Held as held:
                 said = _say_waiting(self.name, held.lease, started, said)
                 time.sleep(self.poll)
-        if said is not None:
-            log.info("%s: lease taken after waiting %.0f s", self.name, time.monotonic() - started)
+        _say_taken(self.name, started, said)
         self._stop.clear()
         self._renewer = threading.Thread(
             target=self._renew_until_released, name=f"lease {self.name}", daemon=True
         )
         self._renewer.start()
 
-    def _check_mine(self, current: dict[str, Any] | None) -> None:
+    def _check_mine(self, current: dict[str, Any] | None) -> dict[str, Any]:
+        """``current`` if it is still this writer's lease; else raise :class:`LeaseLost`."""
         if not current or current.get("token") != self.token:
             other = _holder(current) if current else "nobody (the file is gone)"
             raise LeaseLost(
@@ -154,11 +165,11 @@ class TableLease:
                 f"holds it now, so the two may have written the table at once: check "
                 f"`raw2gold history` or the Delta log, and run again"
             )
+        return current
 
     def _renew(self, current: dict[str, Any] | None) -> dict[str, Any]:
-        self._check_mine(current)
-        assert current is not None
-        return {**self._mine(), "acquired_at": current.get("acquired_at")}
+        mine = self._check_mine(current)
+        return {**self._mine(), "acquired_at": mine.get("acquired_at")}
 
     def _renew_until_released(self) -> None:
         while not self._stop.wait(self.ttl / 4):
@@ -178,9 +189,8 @@ class TableLease:
             self._renewer.join()
 
         def released(current: dict[str, Any] | None) -> dict[str, Any]:
-            self._check_mine(current)
-            assert current is not None
-            return {**current, "released": True, "released_at": _when(time.time())}
+            mine = self._check_mine(current)
+            return {**mine, "released": True, "released_at": _when(time.time())}
 
         if self.lost:
             raise LeaseLost(self.lost)
@@ -230,12 +240,8 @@ def _local_lease(lake: Lake, name: str, run_id: str, poll: float) -> Iterator[No
                 said = _say_waiting(name, holder, started, said)
                 time.sleep(poll)
         try:
-            if said is not None:
-                waited = time.monotonic() - started
-                log.info("%s: lease taken after waiting %.0f s", name, waited)
-            now = _when(time.time())
-            holder = {"table": name, "run_id": run_id, "host": socket.gethostname()}
-            lake.write_json(relative, {**holder, "pid": os.getpid(), "acquired_at": now})
+            _say_taken(name, started, said)
+            lake.write_json(relative, _record(name, run_id))
             yield
         finally:
             fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
