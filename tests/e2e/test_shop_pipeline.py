@@ -71,6 +71,13 @@ def test_run_succeeds_and_prints_a_summary(shop_run: dict) -> None:
     assert server["url"].startswith("sc://127.0.0.1:") and server["stopped_at"]
     with pytest.raises(ProcessLookupError):
         os.kill(server["pid"], 0)
+    # A task's session is released once the server has the client's releases of its results:
+    # before, releases still in flight met a closed session, an ERROR and a stack trace each.
+    (server_log,) = (shop_run["work"] / ".raw2gold" / "logs").glob("spark-connect-*.log")
+    errors = [
+        line for line in server_log.read_text().splitlines() if "during: releaseExecute" in line
+    ]
+    assert not errors, errors[:5]
     assert "rows per layer" in out and "time per task" in out
     assert "gold.daily_category_revenue" in out
     # the summary's rows are whole in captured output (no terminal): names and note unabridged

@@ -23,6 +23,7 @@ between runs. ``raw2gold spark-server stop`` stops it.
 
 from __future__ import annotations
 
+import concurrent.futures
 import logging
 import os
 import shutil
@@ -359,6 +360,24 @@ def stop_shared_server(config: PipelineConfig, say: Callable[[str], Any] = log.i
     return stopped
 
 
+def stop_session(spark: Any, timeout: float = 10.0) -> None:
+    """Stop a Spark session; a Spark Connect one once the server has its pending releases.
+
+    A Connect client tells the server it has read an operation's results in the background
+    (ReleaseExecute) and ``stop()`` releases the session before waiting for those calls, so
+    each one still in flight reached a closed session and the server logged it as an ERROR
+    with a stack trace. Waiting for them first (at most ``timeout`` seconds, as ``stop()``
+    itself would after the release) keeps the server's log free of such false errors. (A write
+    whose response stream the client left before the server's sender finished can still log
+    one: that race is inside Spark Connect.)
+    """
+    connect = type(spark).__module__.startswith("pyspark.sql.connect")
+    pending = getattr(spark.client, "_release_futures", None) if connect else None
+    if pending:
+        concurrent.futures.wait(list(pending), timeout=timeout)
+    spark.stop()
+
+
 def interrupt_session(url: str, say: Callable[[str], Any] = log.info) -> None:
     """Interrupt every operation of a Spark Connect session (url with ``;session_id=``).
 
@@ -377,7 +396,7 @@ def interrupt_session(url: str, say: Callable[[str], Any] = log.info) -> None:
                 interrupted = session.interruptAll()
                 say(f"interrupted {len(interrupted)} Spark operation(s) on the server")
             finally:
-                session.stop()  # also releases the task's session on the server
+                stop_session(session)  # also releases the task's session on the server
     except Exception as exc:  # the server or session may be gone already
         say(f"could not interrupt the Spark Connect session: {exc}")
 

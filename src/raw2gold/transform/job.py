@@ -38,6 +38,7 @@ from raw2gold.quality.checks import (
     failure_message,
     run_checks,
 )
+from raw2gold.transform.connect import stop_session
 from raw2gold.transform.delta import log_version, table_rows
 from raw2gold.transform.gold import build_gold, make_ref, prospective, staged_exists
 from raw2gold.transform.parallel import in_parallel
@@ -358,7 +359,7 @@ def run_stage(
         raise StageError(message, summary) from exc
     finally:
         if own_session and spark is not None:
-            spark.stop()
+            stop_session(spark)
     _finish(lake, summary, started)
     return summary
 
