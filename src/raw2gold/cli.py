@@ -73,6 +73,11 @@ def cmd_run(args: argparse.Namespace) -> int:
     from raw2gold.orchestrate.local_run import TaskEvent, run_dag_test
 
     config = _load(args)
+    unknown = [s for s in args.sources or [] if s not in config.sources]
+    if unknown:
+        raise CliError(
+            f"no source {unknown[0]!r} in {args.pipeline}; known: {', '.join(config.sources)}"
+        )
     lake_uri = config.lake.uri if args.lake else None
     run_id = make_run_id()
     console.print(
@@ -90,7 +95,13 @@ def cmd_run(args: argparse.Namespace) -> int:
             console.print(f"  {mark} {event.task_id} {event.state} in {event.seconds:.1f}s")
 
     result = run_dag_test(
-        config, run_id, lake_uri=lake_uri, full_refresh=args.full_refresh, on_event=show
+        config,
+        run_id,
+        lake_uri=lake_uri,
+        full_refresh=args.full_refresh,
+        sources=args.sources,
+        ingest=not args.no_ingest,
+        on_event=show,
     )
     if not result.ok:
         raise CliError(f"run {run_id} failed: {result.error} (full log: {result.log_file})")
@@ -426,6 +437,11 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the pipeline once through Airflow")
     with_pipeline(run, positional=True)
     run.add_argument("--full-refresh", action="store_true", help="rebuild from all raw runs")
+    landing = run.add_mutually_exclusive_group()
+    landing.add_argument("--sources", nargs="+", metavar="SOURCE", help="ingest only these")
+    landing.add_argument(
+        "--no-ingest", action="store_true", help="land nothing; transform what raw holds"
+    )
     run.set_defaults(func=cmd_run)
 
     show = sub.add_parser("show", help="first rows and row count of a gold table")

@@ -21,6 +21,7 @@ from tests.e2e.reference import (
     assert_shop_gold_matches_reference,
     read_gold,
 )
+from tests.fixtures.paths import shop_copy
 
 
 @pytest.fixture(scope="module")
@@ -254,3 +255,59 @@ def test_sources_check_and_discover_ask_the_real_connectors(
     unknown = cli("check", "nosuch")
     assert unknown.returncode == 1
     assert "no source 'nosuch'; known: faker, catalog_csv" in unknown.stderr
+
+
+def test_a_run_without_ingest_rebuilds_an_edited_model_from_raw_as_it_is(
+    shop_run: dict, shop_pipeline: Path, tmp_path: Path
+) -> None:
+    """Iterating on a model without syncing sources again: `raw2gold run --no-ingest` of a copy
+    of the shop whose top_products keeps 5 products, on the module's lake. No connector runs
+    and no raw run is added, the processed tables keep their Delta versions, the edited model
+    alone is rebuilt and published (the first 5 of the 10 it published before), and the other
+    gold tables stay as they were. `--sources` names only the pipeline's sources."""
+    lake, work, env = shop_run["lake"], shop_run["work"], shop_run["env"]
+    edited = shop_copy(tmp_path / "shop")
+    model = edited.parent / "models" / "top_products.py"
+    model.write_text(model.read_text().replace(".limit(10)", ".limit(5)"))
+    raw_runs = sorted(lake.glob("raw/*/_runs/*.json"))
+    processed_log = sorted(lake.glob("processed/*/_delta_log/*.json"))
+    before = {table: read_gold(lake, table, fmt) for table, fmt in GOLD_FORMATS.items()}
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [*RAW2GOLD, "run", str(edited), "--lake", str(lake), *args],
+            cwd=work,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=1200,
+        )
+
+    unknown = run("--sources", "faker", "nosuch")
+    assert unknown.returncode == 1 and "Airflow" not in unknown.stderr
+    assert f"no source 'nosuch' in {edited}; known: faker, catalog_csv" in unknown.stderr
+
+    result = run("--no-ingest")
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    for source in ("faker", "catalog_csv"):
+        assert f"– ingest.{source} skipped" in result.stdout, result.stdout
+    assert "✔ gold.publish success" in result.stdout, result.stdout
+    assert sorted(lake.glob("raw/*/_runs/*.json")) == raw_runs
+    assert sorted(lake.glob("processed/*/_delta_log/*.json")) == processed_log
+    for table in ("daily_category_revenue", "customer_lifetime_value"):
+        after = read_gold(lake, table, GOLD_FORMATS[table])
+        assert sorted(map(repr, after)) == sorted(map(repr, before[table]))
+    ranked = sorted(before["top_products"], key=lambda r: (-r["revenue"], r["product_id"]))
+    top = read_gold(lake, "top_products", "delta")
+    assert sorted(top, key=lambda r: r["product_id"]) == sorted(
+        ranked[:5], key=lambda r: r["product_id"]
+    )
+    history = subprocess.run(
+        [*RAW2GOLD, "history", "top_products", "-p", str(edited), "--lake", str(lake), "--json"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    newest = json.loads(history.stdout)[0]
+    assert newest["build"] == "full" and newest["rows"] == 5

@@ -141,7 +141,7 @@ def test_task_dependencies_follow_the_config(shop_pipeline: Path) -> None:
         update={"lake": config.lake.model_copy(update={"uri": "s3a://bucket/shop/"})}
     )
     assert gold_asset_uri(on_s3, "top_products") == "s3://bucket/shop/gold/top_products"
-    assert set(dag.params.keys()) == {"full_refresh", "sources", "run_id"}
+    assert set(dag.params.keys()) == {"full_refresh", "sources", "ingest", "run_id"}
 
 
 def test_pipelines_env_selects_files(shop_pipeline: Path, monkeypatch) -> None:

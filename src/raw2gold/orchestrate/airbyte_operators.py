@@ -20,10 +20,10 @@ from datetime import timedelta
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException
 
 from raw2gold.errors import first_line
-from raw2gold.orchestrate.operators import raw_run_result, run_ids
+from raw2gold.orchestrate.operators import raw_run_result, run_ids, skip_unless_ingesting
 
 TRIGGER_POLL_BUFFER = 2  # poll intervals granted to the trigger past execution_timeout
 NO_DEADLINE = 7 * 24 * 3600.0
@@ -127,10 +127,7 @@ class AirbyteServerSyncOperator(BaseOperator):
         )
         from raw2gold.lake.layout import Lake
 
-        params = context.get("params") or {}
-        selected = params.get("sources") or []
-        if selected and self.source not in selected:
-            raise AirflowSkipException(f"source {self.source} not selected in params.sources")
+        skip_unless_ingesting(context, self.source)
         config, spec, run_id, _ = self._load(context)
         if Lake(config.lake).exists(Lake.raw_manifest(self.source, run_id)):
             self.log.info("run %s of %s is already committed; no new sync", run_id, self.source)

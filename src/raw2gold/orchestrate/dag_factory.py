@@ -102,6 +102,11 @@ def build_dag(config: PipelineConfig) -> DAG:
                 items={"type": "string", "enum": sorted(config.sources)},
                 description="ingest only these sources (empty: all)",
             ),
+            "ingest": Param(
+                True,
+                type="boolean",
+                description="false: land nothing; transform what raw already holds",
+            ),
             "run_id": Param(
                 None,
                 type=["null", "string"],

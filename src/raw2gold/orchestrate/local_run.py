@@ -16,6 +16,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from raw2gold.config import PipelineConfig
 
@@ -94,21 +95,38 @@ class RunResult:
     error: str = ""
 
 
+def run_conf(
+    run_id: str, full_refresh: bool, sources: list[str] | None, ingest: bool
+) -> dict[str, Any]:
+    """The DAG run's params for `raw2gold run`'s flags (the DAG validates them)."""
+    return {
+        "run_id": run_id,
+        "full_refresh": full_refresh,
+        "sources": sources or [],
+        "ingest": ingest,
+    }
+
+
 def run_dag_test(
     config: PipelineConfig,
     run_id: str,
     *,
     lake_uri: str | None = None,
     full_refresh: bool = False,
+    sources: list[str] | None = None,
+    ingest: bool = True,
     on_event: Callable[[TaskEvent], None] | None = None,
 ) -> RunResult:
-    """Run the pipeline's DAG once with `airflow dags test`, reporting task events as they come."""
+    """Run the pipeline's DAG once with `airflow dags test`, reporting task events as they come.
+
+    ``sources`` ingests only those (None: all), ``ingest`` False lands nothing: the DAG's params.
+    """
     env = airflow_env(config.path, lake_uri)
     ensure_airflow_db(env)
     log_dir = raw2gold_home() / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{config.name}-{run_id}.log"
-    conf = json.dumps({"run_id": run_id, "full_refresh": full_refresh})
+    conf = json.dumps(run_conf(run_id, full_refresh, sources, ingest))
     cmd = [sys.executable, "-m", "airflow", "dags", "test", config.dag_id, "--conf", conf]
     started = time.monotonic()
     result = RunResult(run_id=run_id, ok=False, log_file=log_file)

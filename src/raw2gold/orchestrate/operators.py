@@ -33,6 +33,17 @@ def run_ids(context: Any) -> tuple[str, str]:
     return run_id, run_after.astimezone(UTC).date().isoformat()
 
 
+def skip_unless_ingesting(context: Any, source: str) -> None:
+    """Skip the ingest task of ``source`` when the run's params leave it out: ``ingest`` false
+    (transform what raw already holds) or a ``sources`` list without it."""
+    params = context.get("params") or {}
+    if params.get("ingest") is False:
+        raise AirflowSkipException("params.ingest is false: this run lands nothing")
+    selected = params.get("sources") or []
+    if selected and source not in selected:
+        raise AirflowSkipException(f"source {source} not selected in params.sources")
+
+
 def raw_run_result(log: Any, manifest: dict[str, Any], run_id: str, source: str) -> dict[str, Any]:
     """Log what a raw run landed (records and quarantined records per stream) and return it."""
     streams = manifest.get("streams", {})
@@ -59,10 +70,8 @@ class IngestSourceOperator(BaseOperator):
         from raw2gold.config import load_pipeline
         from raw2gold.ingest import ingest_source
 
+        skip_unless_ingesting(context, self.source)
         params = context.get("params") or {}
-        selected = params.get("sources") or []
-        if selected and self.source not in selected:
-            raise AirflowSkipException(f"source {self.source} not selected in params.sources")
         config = load_pipeline(self.pipeline_path)
         run_id, ingest_date = run_ids(context)
         manifest = ingest_source(

@@ -1,0 +1,41 @@
+"""`raw2gold run`'s flags as the DAG run's params (the runs themselves: tests/e2e)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from airflow.sdk.definitions.param import ParamValidationError
+
+from raw2gold.cli import parser
+from raw2gold.config.loader import load_pipeline
+from raw2gold.lake import make_run_id
+from raw2gold.orchestrate.dag_factory import build_dag
+from raw2gold.orchestrate.local_run import run_conf
+
+
+def test_run_flags_become_params_the_dag_accepts(shop_pipeline: Path) -> None:
+    """--sources and --no-ingest become the params a manual run takes (`sources`, `ingest`),
+    and the DAG's own validation accepts them; the two flags exclude each other."""
+    params = build_dag(load_pipeline(shop_pipeline)).params
+    run_id = make_run_id()
+
+    def conf(*flags: str) -> dict:
+        args = parser().parse_args(["run", str(shop_pipeline), *flags])
+        made = run_conf(run_id, args.full_refresh, args.sources, not args.no_ingest)
+        for name, value in made.items():
+            assert params.get_param(name).resolve(value) == value
+        return made
+
+    assert conf() == {"run_id": run_id, "full_refresh": False, "sources": [], "ingest": True}
+    assert conf("--sources", "faker")["sources"] == ["faker"]
+    assert conf("--no-ingest", "--full-refresh") == {
+        "run_id": run_id,
+        "full_refresh": True,
+        "sources": [],
+        "ingest": False,
+    }
+    with pytest.raises(ParamValidationError):
+        params.get_param("sources").resolve(["nosuch"])
+    with pytest.raises(SystemExit):
+        parser().parse_args(["run", str(shop_pipeline), "--sources", "faker", "--no-ingest"])
