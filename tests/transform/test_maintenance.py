@@ -29,6 +29,7 @@ from tests.transform.reference import assert_gold_matches_reference
 
 T0 = datetime(2026, 1, 8, 6, tzinfo=UTC)
 PURCHASES = "processed/purchases"
+QUARANTINE = "quarantine/purchases"
 
 
 def new_purchases(first: int, day: int) -> list[dict[str, Any]]:
@@ -47,6 +48,11 @@ def new_purchases(first: int, day: int) -> list[dict[str, Any]]:
     ]
 
 
+def with_a_bad_purchase(purchases: list[dict[str, Any]], id: int) -> list[dict[str, Any]]:
+    """The purchases and one whose created_at is no time: the run quarantines it."""
+    return [*purchases, {**purchases[0], "id": id, "created_at": "not a time"}]
+
+
 def parquet_on_disk(lake_dir: Path, table: str) -> int:
     return sum(1 for _ in (lake_dir / table).rglob("*.parquet"))
 
@@ -59,13 +65,15 @@ def test_optimize_and_vacuum_keep_rows_and_incremental_builds(
     settings = MaintenanceConfig(optimize_min_files=3, vacuum_retain_hours=0, vacuum_every_hours=24)
     config = shop.model_copy(update={"maintenance": settings})
     lake = Lake(config.lake)
-    write_raw_run(lake, "faker", "r0-faker", shop_records(), T0)
+    records = shop_records()
+    records["purchases"] = with_a_bad_purchase(records["purchases"], 900)
+    write_raw_run(lake, "faker", "r0-faker", records, T0)
     write_raw_run(lake, "catalog_csv", "r0-csv", {"make_categories": categories()}, T0)
     for stage in STAGES:
         run_stage(config, stage, "run0", spark=spark)
     for n in range(1, 3):  # two small appends: purchases gets a small file each
         extracted = T0 + timedelta(days=n)
-        streams = {"purchases": new_purchases(1000 + 10 * n, 7 + n)}
+        streams = {"purchases": with_a_bad_purchase(new_purchases(1000 + 10 * n, 7 + n), 900 + n)}
         write_raw_run(lake, "faker", f"r{n}-faker", streams, extracted)
         for stage in STAGES:
             run_stage(config, stage, f"run{n}", spark=spark)
@@ -88,6 +96,10 @@ def test_optimize_and_vacuum_keep_rows_and_incremental_builds(
         p.name for p in (lake_dir / "processed/purchases").rglob("*.parquet")
     }
     assert "processed.purchases" in lake.read_json(STATE)
+    # the quarantine got a small file from each of the three runs: compacted, its rows kept
+    rejected = summary["maintained"]["quarantine.purchases"]
+    assert rejected["optimized"] and rejected["live_files"] == 3
+    assert rejected["live_files_after"] == 1 and log_row_count(lake, QUARANTINE) == 3
     # too few small files, or one per partition (daily): vacuumed, not optimized
     assert not summary["maintained"]["processed.users"]["optimized"]
     daily = summary["maintained"]["gold.daily_category_revenue"]

@@ -4,8 +4,10 @@ Every run adds files: a processed table's MERGE or append, a gold table's publis
 a table read on every run keeps growing in files (each a task and a footer to read), and the
 files its rewrites replaced stay on storage forever. The ``maintain`` stage, after publish:
 
-* OPTIMIZE a processed or Delta gold table once ``maintenance.optimize_min_files`` of its live
-  files are smaller than ``small_file_mb`` and share a partition with another small file
+* OPTIMIZE a processed table (its quarantine and deleted keys too: each run that rejects rows
+  appends a file to the quarantine) or Delta gold table once
+  ``maintenance.optimize_min_files`` of its live files are smaller than ``small_file_mb`` and
+  share a partition with another small file
   (counted from the Delta log, without Spark; a lone file per partition cannot be merged, so
   a table partitioned by day is not rewritten every run for nothing). Delta compacts within
   each partition and commits without data change, so readers, the change feed
@@ -64,10 +66,12 @@ class MaintenanceResult:
 
 
 def delta_tables(config: PipelineConfig) -> dict[str, str]:
-    """The pipeline's Delta tables that exist: {"processed.x" | "gold.y" | "deleted.x":
-    lake-relative path} (``deleted.x``: the keys CDC deletions removed from processed x)."""
+    """The pipeline's Delta tables that exist: {"processed.x" | "quarantine.x" | "deleted.x" |
+    "gold.y": lake-relative path} (``quarantine.x``: the rows processed x could not type,
+    ``deleted.x``: the keys CDC deletions removed from it)."""
     lake = Lake(config.lake)
     tables = {f"processed.{t}": lake.processed_table(t) for t in config.processed}
+    tables.update({f"quarantine.{t}": lake.quarantine_table(t) for t in config.processed})
     tables.update({f"deleted.{t}": lake.deleted_keys(t) for t in config.processed})
     tables.update(
         {f"gold.{t}": lake.gold_table(t) for t, m in config.gold.items() if m.format == "delta"}
@@ -88,14 +92,15 @@ def maintain(
 ) -> list[MaintenanceResult]:
     """OPTIMIZE and VACUUM the pipeline's Delta tables as ``config.maintenance`` says
     (its defaults when the pipeline has no ``maintenance`` block); each under its table's
-    lease on S3 (a processed table's deleted keys under the processed table's)."""
+    lease (a processed table's quarantine and deleted keys under the processed table's, which
+    the run writing them holds)."""
     settings = config.maintenance or MaintenanceConfig()
     lake = Lake(config.lake)
     state: dict[str, Any] = lake.read_record(STATE) or {}
     results = []
     for table, relative in delta_tables(config).items():
         kind, _, name = table.partition(".")
-        lease = f"{'processed' if kind == 'deleted' else kind}.{name}"
+        lease = f"{'gold' if kind == 'gold' else 'processed'}.{name}"
         with table_lease(lake, lease, run_id):
             results.append(_maintain_table(spark, lake, settings, state, table, relative))
     return results
