@@ -170,6 +170,39 @@ def cmd_show(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- quarantine ----------------------------------------------------------------------------
+def cmd_quarantine(args: argparse.Namespace) -> int:
+    from raw2gold.quality.quarantine import read_quarantine
+
+    config = _load(args)
+    if args.table not in config.processed:
+        known = ", ".join(config.processed)
+        raise CliError(f"no processed table {args.table!r} in {config.path.name}; known: {known}")
+    report = read_quarantine(config, args.table, args.run, args.limit)
+    if args.json:
+        console.print_json(json.dumps(report.as_dict() if report else None, default=str))
+        return 0
+    of_run = f" of run {args.run}" if args.run else ""
+    if report is None or not report.rows:
+        console.print(f"processed.{args.table} quarantined no rows{of_run} in {config.lake.uri}")
+        return 0
+    problems = _table(
+        f"quarantine of processed.{args.table}{of_run}: {report.rows} rows",
+        ("problem", "rows", "raw runs"),
+        right=("rows",),
+    )
+    for problem in report.problems:
+        problems.add_row(problem.problem, str(problem.rows), ", ".join(sorted(problem.raw_runs)))
+    console.print(problems)
+    sample = _table(
+        f"first {len(report.sample)} rows", ("raw run", "record id", "reason", "record")
+    )
+    for row in report.sample:
+        sample.add_row(row["raw_run_id"], row["_airbyte_raw_id"], row["reason"], row["record"])
+    console.print(sample)
+    return 0
+
+
 # ---- maintain ------------------------------------------------------------------------------
 def cmd_maintain(args: argparse.Namespace) -> int:
     from datetime import UTC, datetime
@@ -458,6 +491,16 @@ def parser() -> argparse.ArgumentParser:
     with_pipeline(history)
     history.add_argument("--json", action="store_true")
     history.set_defaults(func=cmd_history)
+
+    quarantine = sub.add_parser(
+        "quarantine", help="rows a processed table could not type: why, from which raw runs"
+    )
+    quarantine.add_argument("table", help="a processed table")
+    with_pipeline(quarantine)
+    quarantine.add_argument("--run", help="only the rows of this raw run (or quarantined by it)")
+    quarantine.add_argument("--limit", type=int, default=10, help="rows shown whole")
+    quarantine.add_argument("--json", action="store_true")
+    quarantine.set_defaults(func=cmd_quarantine)
 
     maintain = sub.add_parser(
         "maintain", help="OPTIMIZE and VACUUM the Delta tables (pipeline.yaml maintenance)"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
@@ -9,6 +11,7 @@ from typing import Any
 
 import pytest
 
+from raw2gold.cli import main
 from raw2gold.config.loader import load_pipeline
 from raw2gold.lake.layout import Lake
 from raw2gold.transform.job import STAGES, run_stage
@@ -207,3 +210,39 @@ def _user(i: int) -> dict[str, Any]:
         "created_at": ts(0, i),
         "updated_at": ts(2, i),
     }
+
+
+def test_raw2gold_quarantine_says_why_and_from_which_raw_run(
+    shop: Any, shop_pipeline: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`raw2gold quarantine purchases` after run2 (one purchase whose purchased_at is no date),
+    read with delta-rs: the problem without its value, its raw run, the record whole; a raw run
+    without rejected rows and a table without a quarantine say so; an unknown table is one line."""
+    shop.story.reach("run2")
+    where = ["-p", str(shop_pipeline), "--lake", shop.config.lake.uri]
+    capsys.readouterr()
+    assert main(["quarantine", "purchases", *where]) == 0
+    out = capsys.readouterr().out
+    assert "quarantine of processed.purchases: 1 rows" in out
+    assert re.search(r"column purchased_at: cannot cast to timestamp\s+│\s+1 │ r2-faker", out), out
+    assert "not-a-date" in out and "first 1 rows" in out
+    assert main(["quarantine", "purchases", *where, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["rows"] == 1
+    assert report["problems"] == [
+        {
+            "problem": "column purchased_at: cannot cast to timestamp",
+            "rows": 1,
+            "raw_runs": ["r2-faker"],
+        }
+    ]
+    (row,) = report["sample"]
+    assert json.loads(row["record"])["id"] == 131 and row["raw_run_id"] == "r2-faker"
+    assert main(["quarantine", "purchases", *where, "--run", "r1-faker"]) == 0
+    assert "processed.purchases quarantined no rows of run r1-faker in " in capsys.readouterr().out
+    assert main(["quarantine", "users", *where]) == 0
+    assert "processed.users quarantined no rows in " in capsys.readouterr().out
+    assert main(["quarantine", "daily_category_revenue", *where]) == 1
+    assert "no processed table 'daily_category_revenue' in pipeline.yaml; known: " in (
+        capsys.readouterr().err
+    )
