@@ -180,10 +180,10 @@ def cmd_quarantine(args: argparse.Namespace) -> int:
         raise CliError(f"no processed table {args.table!r} in {config.path.name}; known: {known}")
     report = read_quarantine(config, args.table, args.run, args.limit)
     if args.json:
-        console.print_json(json.dumps(report.as_dict() if report else None, default=str))
+        console.print_json(json.dumps(report.as_dict(), default=str))
         return 0
     of_run = f" of run {args.run}" if args.run else ""
-    if report is None or not report.rows:
+    if not report.rows:
         console.print(f"processed.{args.table} quarantined no rows{of_run} in {config.lake.uri}")
         return 0
     problems = _table(

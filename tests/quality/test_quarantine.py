@@ -1,11 +1,16 @@
 """Grouping quarantined rows by problem: a reason without the value that failed.
 
-The report itself is read from a real quarantine table in
-tests/transform/test_shop_stages.py (`raw2gold quarantine`)."""
+The command on a quarantine Spark wrote: tests/transform/test_shop_stages.py."""
 
 from __future__ import annotations
 
-from raw2gold.quality.quarantine import NEXT_REASON, problem_of
+from pathlib import Path
+
+import pyarrow as pa
+from deltalake import write_deltalake
+
+from raw2gold.config.loader import load_pipeline
+from raw2gold.quality.quarantine import NEXT_REASON, problem_of, read_quarantine
 from raw2gold.transform.processed import EPOCH_HINT
 
 
@@ -27,3 +32,37 @@ def test_a_reason_loses_its_value_so_rows_that_failed_alike_group_together() -> 
         "column seen_at: cannot cast to timestamp (a number outside years 1 to 9999: epoch "
         "milliseconds?)"
     )
+
+
+def test_rows_are_counted_per_problem_and_raw_run(tmp_path: Path, shop_pipeline: Path) -> None:
+    """A quarantine table shaped as processed writes it (here with delta-rs): two rows with
+    the same bad value, one with another, one with two reasons; --run keeps one raw run."""
+    config = load_pipeline(shop_pipeline, str(tmp_path / "lake"))
+    reasons = [
+        ("r1", "column age: cannot cast abc to int"),
+        ("r1", "column age: cannot cast abc to int"),
+        ("r2", "column age: cannot cast 1.5 to int"),
+        ("r2", "column age: cannot cast x to int; primary key id is null"),
+    ]
+    write_deltalake(
+        str(tmp_path / "lake" / "quarantine" / "users"),
+        pa.table(
+            {
+                "table": ["users"] * 4,
+                "raw_run_id": [r for r, _ in reasons],
+                "_airbyte_raw_id": [f"id{i}" for i in range(4)],
+                "reason": [reason for _, reason in reasons],
+                "record": ['{"age": "abc"}'] * 4,
+                "quarantined_by_run": [r for r, _ in reasons],
+            }
+        ),
+    )
+    report = read_quarantine(config, "users", limit=2)
+    assert report.rows == 4 and len(report.sample) == 2
+    assert [(p.problem, p.rows, sorted(p.raw_runs)) for p in report.problems] == [
+        ("column age: cannot cast to int", 4, ["r1", "r2"]),
+        ("primary key id is null", 1, ["r2"]),
+    ]
+    only = read_quarantine(config, "users", run="r1")
+    assert only.rows == 2 and [p.rows for p in only.problems] == [2]
+    assert read_quarantine(config, "products").rows == 0  # no quarantine table at all

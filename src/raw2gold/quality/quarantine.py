@@ -68,9 +68,14 @@ def problem_of(reason: str) -> str:
 
 def read_quarantine(
     config: PipelineConfig, table: str, run: str | None = None, limit: int = 10
-) -> QuarantineReport | None:
-    """The quarantine of processed ``table`` (None: it has none); ``run`` keeps the rows of that
-    raw run or quarantined by that run; ``limit`` rows in the sample."""
+) -> QuarantineReport:
+    """The quarantine of processed ``table`` (no rows: it has none); ``run`` keeps the rows of
+    that raw run or quarantined by that run; ``limit`` rows in the sample.
+
+    Read batch by batch, each batch's rows counted per distinct (raw run, reason) first, so a
+    large quarantine is neither held whole in memory nor parsed row by row.
+    """
+    import pyarrow as pa
     import pyarrow.compute as pc
     from deltalake import DeltaTable
 
@@ -79,21 +84,28 @@ def read_quarantine(
     lake = Lake(config.lake)
     relative = lake.quarantine_table(table)
     if not is_delta(lake, relative):
-        return None
+        return QuarantineReport(table, 0, [], [])
     dataset = DeltaTable(
         lake.uri(relative), storage_options=delta_storage_options(lake)
     ).to_pyarrow_dataset()
     where = None
     if run is not None:
         where = (pc.field("raw_run_id") == run) | (pc.field("quarantined_by_run") == run)
-    reasons = dataset.to_table(columns=["raw_run_id", "reason"], filter=where)
+    rows = 0
     problems: dict[str, Problem] = {}
-    for row in reasons.to_pylist():
-        for reason in NEXT_REASON.split(row["reason"] or ""):
-            kind = problem_of(reason)
-            problem = problems.setdefault(kind, Problem(kind))
-            problem.rows += 1
-            problem.raw_runs.add(row["raw_run_id"])
+    for batch in dataset.to_batches(columns=["raw_run_id", "reason"], filter=where):
+        rows += batch.num_rows
+        counted = (
+            pa.Table.from_batches([batch])
+            .group_by(["raw_run_id", "reason"])
+            .aggregate([([], "count_all")])
+        )
+        for group in counted.to_pylist():
+            for reason in NEXT_REASON.split(group["reason"] or ""):
+                kind = problem_of(reason)
+                problem = problems.setdefault(kind, Problem(kind))
+                problem.rows += group["count_all"]
+                problem.raw_runs.add(group["raw_run_id"])
     sample = dataset.head(limit, columns=SAMPLE_COLUMNS, filter=where).to_pylist()
     ranked = sorted(problems.values(), key=lambda p: (-p.rows, p.problem))
-    return QuarantineReport(table, reasons.num_rows, ranked, sample)
+    return QuarantineReport(table, rows, ranked, sample)
