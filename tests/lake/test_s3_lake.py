@@ -121,6 +121,7 @@ def test_swap_json_on_a_store_without_conditional_writes(monkeypatch, caplog) ->
         assert objects == {"/old/lake/p.json": b'{\n  "n": 2\n}'}
         assert conditional == ["/old/lake/p.json"] * 2
         warnings = [r for r in caplog.records if "does not support conditional" in r.getMessage()]
-        assert len(warnings) == 1  # once a process
+        assert len(warnings) == 1  # once a process, naming the store
+        assert f"store at http://127.0.0.1:{server.server_port} " in warnings[0].getMessage()
     finally:
         server.shutdown()

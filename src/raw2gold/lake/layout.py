@@ -289,7 +289,7 @@ class Lake:
                     "the S3 store at %s does not support conditional writes (If-Match): %s is "
                     "replaced without compare-and-swap, so two runs publishing it at the same "
                     "instant are not told apart",
-                    self.credentials.endpoint_url if self.credentials else "AWS",
+                    (self.credentials and self.credentials.endpoint_url) or "AWS S3",
                     self.uri(relative),
                 )
             client.put_object(Bucket=bucket, Key=key, Body=data)
