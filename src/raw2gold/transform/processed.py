@@ -860,8 +860,9 @@ def process_table(
     naming the file, its raw run and what to do (:class:`ProcessedError`).
     """
     try:
-        with table_lease(Lake(config.lake), f"processed.{table}", run_id):
-            return _process_table(spark, config, table, run_id, full_refresh)
+        lake = Lake(config.lake)
+        with table_lease(lake, f"processed.{table}", run_id):
+            return _process_table(spark, config, lake, table, run_id, full_refresh)
     except ProcessedError:
         raise
     except Exception as exc:
@@ -921,6 +922,7 @@ def unreadable_raw_file(config: PipelineConfig, table: str, error: Exception) ->
 def _process_table(
     spark: SparkSession,
     config: PipelineConfig,
+    lake: Lake,
     table: str,
     run_id: str,
     full_refresh: bool,
@@ -929,7 +931,6 @@ def _process_table(
 
     started = time.monotonic()
     model = config.processed[table]
-    lake = Lake(config.lake)
     source_name, _, stream_name = model.source.partition(".")
     stream = config.sources[source_name].stream(stream_name)
     relative = lake.processed_table(table)
