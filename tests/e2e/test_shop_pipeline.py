@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import subprocess
 from pathlib import Path
 
@@ -261,11 +262,16 @@ def test_a_run_without_ingest_rebuilds_an_edited_model_from_raw_as_it_is(
     shop_run: dict, shop_pipeline: Path, tmp_path: Path
 ) -> None:
     """Iterating on a model without syncing sources again: `raw2gold run --no-ingest` of a copy
-    of the shop whose top_products keeps 5 products, on the module's lake. No connector runs
-    and no raw run is added, the processed tables keep their Delta versions, the edited model
-    alone is rebuilt and published (the first 5 of the 10 it published before), and the other
-    gold tables stay as they were. `--sources` names only the pipeline's sources."""
-    lake, work, env = shop_run["lake"], shop_run["work"], shop_run["env"]
+    of the shop whose top_products keeps 5 products, on a copy of the module's lake in another
+    folder. No connector runs and no raw run is added, the processed tables keep their Delta
+    versions, the edited model alone is rebuilt and published (the first 5 of the 10 it
+    published before), and the other gold tables stay as they were. The run shares its
+    Airflow home with the module's runs on the first lake (before, their gold assets stayed
+    the active ones and this run's publish failed: inactive assets). `--sources` names only
+    the pipeline's sources."""
+    work, env = shop_run["work"], shop_run["env"]
+    lake = tmp_path / "lake"
+    shutil.copytree(shop_run["lake"], lake)
     edited = shop_copy(tmp_path / "shop")
     model = edited.parent / "models" / "top_products.py"
     model.write_text(model.read_text().replace(".limit(10)", ".limit(5)"))

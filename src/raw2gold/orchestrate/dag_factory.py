@@ -188,10 +188,11 @@ def build_dag(config: PipelineConfig) -> DAG:
                     }
                 with TaskGroup("check", tooltip="each model's checks, on gold as it would publish"):
                     checks = {m: spark_task(m, "check", tables=[m]) for m in builds}
-                assets = [
-                    Asset(name=f"{config.name}.{t}", uri=gold_asset_uri(config, t))
-                    for t in config.gold
-                ]
+                # Named by their URI (Airflow's default): an asset's name and URI must each be
+                # unique among active assets, so a name per pipeline and table kept the first
+                # lake's asset active and the DAG's assets on any other lake (raw2gold run
+                # --lake, a moved lake) inactive, which fails the publish task at its start.
+                assets = [Asset(uri=gold_asset_uri(config, t)) for t in config.gold]
                 publish = spark_task("publish", "publish", outlets=assets)
         maintain = None
         if config.maintenance is not None:
