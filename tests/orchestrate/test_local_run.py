@@ -11,7 +11,7 @@ from raw2gold.cli import parser
 from raw2gold.config.loader import load_pipeline
 from raw2gold.lake import make_run_id
 from raw2gold.orchestrate.dag_factory import build_dag
-from raw2gold.orchestrate.local_run import run_conf
+from raw2gold.orchestrate.local_run import first_error, run_conf
 
 
 def test_run_flags_become_params_the_dag_accepts(shop_pipeline: Path) -> None:
@@ -39,3 +39,23 @@ def test_run_flags_become_params_the_dag_accepts(shop_pipeline: Path) -> None:
         params.get_param("sources").resolve(["nosuch"])
     with pytest.raises(SystemExit):
         parser().parse_args(["run", str(shop_pipeline), "--sources", "faker", "--no-ingest"])
+
+
+def test_a_failed_run_ends_with_the_tasks_raw2gold_error_alone() -> None:
+    """The line `raw2gold run` ends a failed run with: the error a task logged, as Airflow 3.3
+    wrote it in a real run's log (two runs publishing one table), without the logger and source
+    location appended to it nor a second 'raw2gold:' prefix."""
+    logged = (
+        "2026-12-03T14:56:07.663573Z [info     ] raw2gold: gold daily_category_revenue: another "
+        "run (20261203T145427Z-62fa0419) published the table after this run built it, so this "
+        "run published nothing to it (its build may be older than what is published); run again "
+        "to build from the newest data "
+        "[airflow.task.operators.raw2gold.orchestrate.operators.SparkStageOperator] "
+        "loc=runners.py:79"
+    )
+    assert first_error(["Traceback (most recent call last):", logged]) == (
+        "gold daily_category_revenue: another run (20261203T145427Z-62fa0419) published the "
+        "table after this run built it, so this run published nothing to it (its build may be "
+        "older than what is published); run again to build from the newest data"
+    )
+    assert first_error(["AirflowException: boom"]) == "AirflowException: boom"

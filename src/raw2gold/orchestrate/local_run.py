@@ -25,6 +25,7 @@ STARTING = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
 ENDED = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
 NEW_STATE = re.compile(r"new_state=(\w+)")
 RUN_FAILED = re.compile(r"Marking run .* failed")
+LOGGER_SUFFIX = re.compile(r"\s+\[[\w.]+\]( loc=\S+)?$")  # structlog's "[logger] loc=file:line"
 
 
 def raw2gold_home() -> Path:
@@ -167,12 +168,14 @@ def run_dag_test(
     failed = [t for t in result.tasks.values() if t.state in {"failed", "upstream_failed"}]
     result.ok = code == 0 and not failed
     if not result.ok:
-        result.error = _first_error(errors) or f"airflow dags test exited {code}"
+        result.error = first_error(errors) or f"airflow dags test exited {code}"
     return result
 
 
-def _first_error(lines: list[str]) -> str:
+def first_error(lines: list[str]) -> str:
+    """The run's error for `raw2gold run`'s last line: the first raw2gold error a task logged,
+    without the logger and source location Airflow appends (else the first error line)."""
     for line in lines:
-        if "raw2gold:" in line:
-            return "raw2gold:" + line.split("raw2gold:", 1)[1].strip()
+        if "raw2gold: " in line:
+            return LOGGER_SUFFIX.sub("", line.split("raw2gold: ", 1)[1].strip())
     return lines[0][:300] if lines else ""
