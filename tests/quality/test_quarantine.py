@@ -7,9 +7,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import pyarrow as pa
+import pytest
 from deltalake import write_deltalake
 
 from raw2gold.config.loader import load_pipeline
+from raw2gold.publish.publisher import PublishError
 from raw2gold.quality.quarantine import NEXT_REASON, problem_of, read_quarantine
 from raw2gold.transform.processed import EPOCH_HINT
 
@@ -66,3 +68,19 @@ def test_rows_are_counted_per_problem_and_raw_run(tmp_path: Path, shop_pipeline:
     only = read_quarantine(config, "users", run="r1")
     assert only.rows == 2 and [p.rows for p in only.problems] == [2]
     assert read_quarantine(config, "products").rows == 0  # no quarantine table at all
+
+
+def test_a_damaged_quarantine_log_is_one_line_naming_its_folder(
+    tmp_path: Path, shop_pipeline: Path
+) -> None:
+    """As for gold tables (tests/publish/test_gold_read_errors.py): delta-rs's error becomes one
+    line naming the table and its log's folder, with what to check."""
+    config = load_pipeline(shop_pipeline, str(tmp_path / "lake"))
+    table = tmp_path / "lake" / "quarantine" / "users"
+    write_deltalake(str(table), pa.table({"raw_run_id": ["r1"], "reason": ["x"]}))
+    (table / "_delta_log" / "00000000000000000000.json").write_text('{"commitInfo": {\n')
+    with pytest.raises(PublishError) as caught:
+        read_quarantine(config, "users")
+    assert str(caught.value).startswith(
+        f"quarantine of processed users: its Delta log {table}/_delta_log cannot be read ("
+    )

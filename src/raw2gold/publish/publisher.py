@@ -31,7 +31,7 @@ import json
 import logging
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -686,26 +686,33 @@ def delta_storage_options(lake: Lake) -> dict[str, str]:
 
 
 @contextmanager
-def gold_delta_table(lake: Lake, table: str, version: int | None = None) -> Iterator[DeltaTable]:
-    """A published Delta gold table opened with delta-rs (at ``version``: as that commit left
-    it); its errors while open (a damaged or unreadable log) become one line naming the log's
-    folder."""
+def delta_table(
+    lake: Lake, relative: str, label: str, version: int | None = None
+) -> Iterator[DeltaTable]:
+    """A Delta table of the lake opened with delta-rs (at ``version``: as that commit left it);
+    its errors while open (a damaged or unreadable log) become one line led by ``label`` and
+    naming the log's folder."""
     from deltalake import DeltaTable
     from deltalake.exceptions import DeltaError
 
     try:
         yield DeltaTable(
-            lake.uri(lake.gold_table(table)),
-            version=version,
-            storage_options=delta_storage_options(lake),
+            lake.uri(relative), version=version, storage_options=delta_storage_options(lake)
         )
     except DeltaError as exc:
         first = first_line(exc)
         raise PublishError(
-            f"gold table {table}: its Delta log {lake.uri(lake.gold_table(table))}/_delta_log "
-            f"cannot be read ({first}); check the lake's credentials, and that no file there "
-            "was damaged or removed (restore it from a backup or the store's object versions)"
+            f"{label}: its Delta log {lake.uri(relative)}/_delta_log cannot be read ({first}); "
+            "check the lake's credentials, and that no file there was damaged or removed "
+            "(restore it from a backup or the store's object versions)"
         ) from None
+
+
+def gold_delta_table(
+    lake: Lake, table: str, version: int | None = None
+) -> AbstractContextManager[DeltaTable]:
+    """A published Delta gold table opened with delta-rs: :func:`delta_table`."""
+    return delta_table(lake, lake.gold_table(table), f"gold table {table}", version)
 
 
 def gold_arrow_table(config: PipelineConfig, table: str, as_of: str | None = None) -> pa.Table:

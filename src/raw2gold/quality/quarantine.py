@@ -77,35 +77,33 @@ def read_quarantine(
     """
     import pyarrow as pa
     import pyarrow.compute as pc
-    from deltalake import DeltaTable
 
-    from raw2gold.publish.publisher import delta_storage_options
+    from raw2gold.publish.publisher import delta_table
 
     lake = Lake(config.lake)
     relative = lake.quarantine_table(table)
     if not is_delta(lake, relative):
         return QuarantineReport(table, 0, [], [])
-    dataset = DeltaTable(
-        lake.uri(relative), storage_options=delta_storage_options(lake)
-    ).to_pyarrow_dataset()
     where = None
     if run is not None:
         where = (pc.field("raw_run_id") == run) | (pc.field("quarantined_by_run") == run)
     rows = 0
     problems: dict[str, Problem] = {}
-    for batch in dataset.to_batches(columns=["raw_run_id", "reason"], filter=where):
-        rows += batch.num_rows
-        counted = (
-            pa.Table.from_batches([batch])
-            .group_by(["raw_run_id", "reason"])
-            .aggregate([([], "count_all")])
-        )
-        for group in counted.to_pylist():
-            for reason in NEXT_REASON.split(group["reason"] or ""):
-                kind = problem_of(reason)
-                problem = problems.setdefault(kind, Problem(kind))
-                problem.rows += group["count_all"]
-                problem.raw_runs.add(group["raw_run_id"])
-    sample = dataset.head(limit, columns=SAMPLE_COLUMNS, filter=where).to_pylist()
+    with delta_table(lake, relative, f"quarantine of processed {table}") as delta:
+        dataset = delta.to_pyarrow_dataset()
+        for batch in dataset.to_batches(columns=["raw_run_id", "reason"], filter=where):
+            rows += batch.num_rows
+            counted = (
+                pa.Table.from_batches([batch])
+                .group_by(["raw_run_id", "reason"])
+                .aggregate([([], "count_all")])
+            )
+            for group in counted.to_pylist():
+                for reason in NEXT_REASON.split(group["reason"] or ""):
+                    kind = problem_of(reason)
+                    problem = problems.setdefault(kind, Problem(kind))
+                    problem.rows += group["count_all"]
+                    problem.raw_runs.add(group["raw_run_id"])
+        sample = dataset.head(limit, columns=SAMPLE_COLUMNS, filter=where).to_pylist()
     ranked = sorted(problems.values(), key=lambda p: (-p.rows, p.problem))
     return QuarantineReport(table, rows, ranked, sample)
