@@ -25,6 +25,7 @@ import hashlib
 import json
 import logging
 import re
+import time
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -343,7 +344,17 @@ class Lake:
         ]
 
     def delete_dir(self, relative: str) -> None:
+        """Delete a folder and what it holds, if it exists; another writer deleting some of it
+        at the same time (a publish pruning old versions) is no error."""
         path = self.path(relative)
+        for attempt in range(20):
+            if self.fs.get_file_info(path).type == pafs.FileType.NotFound:
+                return
+            try:
+                self.fs.delete_dir(path)
+                return
+            except FileNotFoundError:  # a file it listed was gone when it got there
+                time.sleep(0.02 * (attempt + 1))
         if self.fs.get_file_info(path).type != pafs.FileType.NotFound:
             self.fs.delete_dir(path)
 
