@@ -9,7 +9,38 @@ import traceback
 
 class Raw2GoldError(RuntimeError):
     """An error whose message is written for people: one line saying what failed and what to do
-    (the command line prints it as it is; ``--verbose`` adds the traceback)."""
+    (the command line prints it as it is; ``--verbose`` adds the traceback).
+
+    ``final`` says that running the same task again would fail the same way (a failed check, a
+    model's mistake, data or config that only a person can change), so Airflow should not spend
+    its retries on it. Subclasses set the default; ``final=`` overrides it for one error.
+    """
+
+    final = False
+
+    def __init__(self, *args: object, final: bool | None = None) -> None:
+        super().__init__(*args)
+        if final is not None:
+            self.final = final
+
+
+# Python errors that a model's own code makes the same way on every try
+_CODE_MISTAKES = (NameError, TypeError, AttributeError, KeyError, ImportError, SyntaxError)
+
+
+def is_final(error: BaseException) -> bool:
+    """Whether retrying cannot help: a raw2gold error marked final, Spark's analysis errors
+    (unknown columns or tables, SQL syntax, type mismatches: the same on every try), or a
+    Python error that is a mistake in code."""
+    if isinstance(error, Raw2GoldError) or hasattr(error, "final"):
+        return bool(getattr(error, "final", False))
+    if isinstance(error, _CODE_MISTAKES):
+        return True
+    try:
+        from pyspark.errors import AnalysisException
+    except ImportError:  # pragma: no cover - pyspark is a dependency
+        return False
+    return isinstance(error, AnalysisException)
 
 
 # Spark's error classes lead its messages: "[FAILED_READ_FILE.CANNOT_READ_FILE_FOOTER] ..."
@@ -60,11 +91,12 @@ def error_class(error: object) -> str | None:
 
 def described(error: BaseException, in_file: str | None = None) -> str:
     """:func:`first_line` of an error raised by user code: a Python error led by its type
-    (``KeyError: 'price'`` rather than ``'price'``; Spark's errors name their class already),
+    (``KeyError: 'price'`` rather than ``'price'``; Spark's errors name their class already and
+    raw2gold's own, e.g. a ``ref()`` of a table not built yet, are written for people),
     and with ``in_file`` the line of that file the error came from (``models/top.py:12``)."""
     text = first_line(error)
     spark_error = _java_message(error) is not None or error_class(error) is not None
-    if not spark_error and text != type(error).__name__:
+    if not spark_error and not isinstance(error, Raw2GoldError) and text != type(error).__name__:
         text = f"{type(error).__name__}: {text}"
     if in_file:
         target = os.path.realpath(in_file)

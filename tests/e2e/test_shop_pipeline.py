@@ -317,3 +317,36 @@ def test_a_run_without_ingest_rebuilds_an_edited_model_from_raw_as_it_is(
     )
     newest = json.loads(history.stdout)[0]
     assert newest["build"] == "full" and newest["rows"] == 5
+
+
+def test_a_run_that_cannot_succeed_fails_at_once_without_spending_retries(
+    shop_run: dict, shop_pipeline: Path, tmp_path: Path
+) -> None:
+    """`raw2gold run --no-ingest` on a lake no source ever landed in: the processed tasks have
+    nothing to do, each gold build finds its processed table missing. Such an error is final
+    (every try would meet it), so each build task fails on its first try instead of spending
+    the shop's `retries: 2`, 30 s apart; the run's last line says what is missing and what to
+    do, without the exception's type."""
+    lake = tmp_path / "empty"
+    result = subprocess.run(
+        [*RAW2GOLD, "run", str(shop_pipeline), "--lake", str(lake), "--no-ingest"],
+        cwd=shop_run["work"],
+        env=shop_run["env"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
+    for table in GOLD_FORMATS:
+        assert f"✘ gold.build.{table} failed" in result.stdout, result.stdout
+    assert "(try 2)" not in result.stdout and "up_for_retry" not in result.stdout
+    last = result.stderr.strip().splitlines()[-1]
+    assert "failed: gold " in last and "ProcessedError" not in last, last
+    assert re.search(
+        r"processed table (users|purchases) does not exist yet: ingest its source "
+        r"\(faker\.(users|purchases)\) and run the transform stage",
+        last,
+    ), last
+    log = Path(re.findall(r"full log: (\S+)\)", last)[0]).read_text()
+    assert log.count("(not retried: a retry would fail the same way)") == len(GOLD_FORMATS)
+    assert not (lake / "gold").exists()

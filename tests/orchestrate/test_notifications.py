@@ -67,6 +67,30 @@ class SleepingStage(SparkStageOperator):
         return [sys.executable, "-c", code]
 
 
+class FailingStage(SparkStageOperator):
+    """A stage job that fails like raw2gold's does: its summary line says whether the error is
+    final (a failed check) or not (a store's hiccup, gone on the second try)."""
+
+    def command(self, run_id, full_refresh):
+        final = self.task_id == "check"
+        code = (
+            "import json, os, sys\\n"
+            "path = os.environ['R2G_TEST_STATE'] + '/attempts'\\n"
+            "tries = int(open(path).read()) + 1 if os.path.exists(path) else 1\\n"
+            "open(path, 'w').write(str(tries))\\n"
+            f"final = {final}\\n"
+            "if not final and tries > 1:\\n"
+            "    print('RAW2GOLD_SUMMARY ' + json.dumps({'status': 'succeeded'}))\\n"
+            "    sys.exit(0)\\n"
+            "error = 'check unique(id) on users failed' if final else 'read timed out'\\n"
+            "print('raw2gold: ' + error, file=sys.stderr)\\n"
+            "summary = {'status': 'failed', 'error': error, 'final': final}\\n"
+            "print('RAW2GOLD_SUMMARY ' + json.dumps(summary))\\n"
+            "sys.exit(1)\\n"
+        )
+        return [sys.executable, "-c", code]
+
+
 common = dict(start_date=pendulum.datetime(2026, 1, 1, tz="UTC"), schedule=None, catchup=False)
 with DAG(
     "r2g_always_fails",
@@ -86,6 +110,19 @@ with DAG(
     **common,
 ):
     PythonOperator(task_id="flaky", python_callable=fails_once)
+
+for dag_id, task_id in [("r2g_final_failure", "check"), ("r2g_transient_failure", "transform")]:
+    with DAG(
+        dag_id,
+        default_args={
+            "retries": 2,
+            "retry_delay": timedelta(seconds=1),
+            "on_failure_callback": failure_callbacks("demo", settings),
+            "on_retry_callback": retry_callbacks("demo", settings),
+        },
+        **common,
+    ):
+        FailingStage(task_id=task_id, pipeline_path="unused", stage=task_id)
 
 with DAG("r2g_run_summary", params={"run_id": "20260102T030405Z-0123abcd"}, **common):
     RunSummaryOperator(
@@ -198,6 +235,40 @@ def test_a_task_that_fails_once_succeeds_on_its_second_try(
     assert len(retries) == 1 and retries[0]["try_number"] == 1
     assert "transient: connection reset by peer" in retries[0]["error"]
     assert not [b for b in hook if b.get("event") == "task_failed"]
+
+
+def test_a_stage_that_fails_for_good_is_not_retried(
+    airflow_home, http_receiver, smtp_server, tmp_path
+) -> None:
+    """A stage job whose summary marks its error final (a failed check, a model's mistake,
+    another run's publish) fails its task at once: retries: 2 are not spent on it."""
+    state = tmp_path / "state"
+    channel = channels(http_receiver.url, smtp_server.port)
+    result = dags_test(airflow_home, "r2g_final_failure", state, **channel)
+    assert result.returncode != 0
+    assert (state / "attempts").read_text() == "1"
+    hook = [json.loads(b) for b in http_receiver.received()]
+    hook = [b for b in hook if b.get("source") == "raw2gold"]
+    assert [b["event"] for b in hook] == ["task_failed"]
+    assert hook[0]["try_number"] == 1
+    assert hook[0]["error"] == (
+        "Spark stage check failed locally (exit 1): check unique(id) on users failed "
+        "(not retried: a retry would fail the same way)"
+    )
+
+
+def test_a_stage_that_fails_for_now_is_retried(
+    airflow_home, http_receiver, smtp_server, tmp_path
+) -> None:
+    state = tmp_path / "state"
+    channel = channels(http_receiver.url, smtp_server.port)
+    result = dags_test(airflow_home, "r2g_transient_failure", state, **channel)
+    assert result.returncode == 0, result.stdout[-2000:]
+    assert (state / "attempts").read_text() == "2"
+    hook = [json.loads(b) for b in http_receiver.received()]
+    hook = [b for b in hook if b.get("source") == "raw2gold"]
+    assert [b["event"] for b in hook] == ["task_retry"]
+    assert hook[0]["error"] == "Spark stage transform failed locally (exit 1): read timed out"
 
 
 def test_a_task_over_its_timeout_is_killed_with_its_external_process(

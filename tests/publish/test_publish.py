@@ -122,13 +122,15 @@ def test_failed_check_leaves_gold_byte_for_byte_unchanged(
     summary_line = [line for line in out.splitlines() if line.startswith("RAW2GOLD_SUMMARY ")]
     summary = json.loads(summary_line[-1].removeprefix("RAW2GOLD_SUMMARY "))
     assert summary["status"] == "failed"
+    assert summary["final"] is True  # the run's data fails it again: its task is not retried
     failed = [c for c in summary["checks"] if not c["passed"]]
     assert [(c["table"], c["failing_rows"]) for c in failed] == [("ages", 1)]
     assert failed[0]["sample"][0]["age"] == 250
     assert mini.lake.read_json("_state/runs/run2/check.json")["status"] == "failed"
 
-    with pytest.raises(StageError, match="no passed check stage"):
+    with pytest.raises(StageError, match="no passed check stage") as refused:
         run_stage(mini.config, "publish", "run2", spark=spark)
+    assert refused.value.summary["final"] is True
     with pytest.raises(PublishError):
         publish(spark, mini.config, "run2")
     assert tree_digest(gold) == before

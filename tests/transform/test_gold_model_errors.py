@@ -63,5 +63,6 @@ def test_a_failing_python_model_names_the_error_and_its_line(
         message = str(caught.value)
         assert message.startswith(expected), (name, message)
         assert "\n" not in message
+        assert caught.value.summary["final"] is True, name  # the same on every try
         if name == "bad_column.py":
             assert message.endswith("(at bad_column.py:3)")

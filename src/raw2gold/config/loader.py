@@ -44,7 +44,10 @@ class Problem:
 
 
 class ConfigError(Exception):
-    """The pipeline file has problems; ``problems`` lists every one."""
+    """The pipeline file has problems; ``problems`` lists every one. Final: a retry reads the
+    same file."""
+
+    final = True
 
     def __init__(self, problems: list[Problem]):
         self.problems = problems

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowException, AirflowSkipException
+from airflow.sdk.exceptions import AirflowException, AirflowFailException, AirflowSkipException
 
 SUMMARY_PREFIX = "RAW2GOLD_SUMMARY "
 
@@ -42,6 +42,17 @@ def skip_unless_ingesting(context: Any, source: str) -> None:
     selected = params.get("sources") or []
     if selected and source not in selected:
         raise AirflowSkipException(f"source {source} not selected in params.sources")
+
+
+def task_failure(error: BaseException) -> AirflowException:
+    """The Airflow exception a task raises for a raw2gold error: AirflowFailException (no
+    retries) when the error is final, i.e. the same try would fail the same way (a failed
+    check, a model's mistake, a table another run published over), else AirflowException."""
+    from raw2gold.errors import is_final
+
+    if is_final(error):
+        return AirflowFailException(f"{error} (not retried: a retry would fail the same way)")
+    return AirflowException(str(error))
 
 
 def raw_run_result(log: Any, manifest: dict[str, Any], run_id: str, source: str) -> dict[str, Any]:
@@ -166,7 +177,7 @@ class SparkStageOperator(BaseOperator):
         try:
             summary: dict[str, Any] = self._runner.run(run_id, bool(params.get("full_refresh")))
         except StageRunError as exc:
-            raise AirflowException(str(exc)) from None
+            raise task_failure(exc) from None
         return summary
 
     def on_kill(self) -> None:

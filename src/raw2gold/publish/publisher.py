@@ -81,7 +81,10 @@ BUILD_KEYS = ("mode", "reason", "inputs", "model_hash", "groups", "layout")
 
 
 class PublishError(Raw2GoldError):
-    """Publishing is refused or failed; gold stays as it was."""
+    """Publishing is refused or failed; gold stays as it was. Final unless raised with
+    ``final=False``: a run whose build another run's publish overtook must run again whole."""
+
+    final = True
 
 
 def not_published(table: str) -> PublishError:
@@ -283,7 +286,8 @@ def _write_delta(
         raise PublishError(
             f"gold {table}: another commit to the table (maintenance, or a writer other than "
             f"raw2gold) conflicted with this run's ({kind}), so this run published nothing to "
-            "it; publish the run again"
+            "it; publish the run again",
+            final=False,
         ) from exc
 
 
@@ -704,7 +708,8 @@ def delta_table(
         raise PublishError(
             f"{label}: its Delta log {lake.uri(relative)}/_delta_log cannot be read ({first}); "
             "check the lake's credentials, and that no file there was damaged or removed "
-            "(restore it from a backup or the store's object versions)"
+            "(restore it from a backup or the store's object versions)",
+            final=False,  # credentials or the store may come back
         ) from None
 
 

@@ -62,7 +62,10 @@ class CheckScope:
 
 
 class CheckFailed(Raw2GoldError):
-    """An error-severity check failed; ``results`` holds every result of the stage."""
+    """An error-severity check failed; ``results`` holds every result of the stage. Final: the
+    run's data fails it on every try."""
+
+    final = True
 
     def __init__(self, message: str, results: list[CheckResult]):
         super().__init__(message)

@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.loader import REF_IN_SQL, gold_order, model_refs
 from raw2gold.config.models import DELTA_REFUSED, PipelineConfig, processed_name
-from raw2gold.errors import Raw2GoldError, described, first_line
+from raw2gold.errors import Raw2GoldError, described, first_line, is_final
 from raw2gold.lake.layout import Lake
 from raw2gold.transform.delta import (
     NO_DATA_CHANGE,
@@ -50,7 +50,10 @@ _EXACT_TEXT = ("date", "decimal", "tinyint", "smallint", "int", "bigint", "strin
 
 
 class GoldError(Raw2GoldError):
-    """A gold model cannot be built; the message names the model."""
+    """A gold model cannot be built; the message names the model. Final unless raised with
+    ``final=False``: the model and its inputs are the same on every try."""
+
+    final = True
 
 
 @dataclass
@@ -762,7 +765,8 @@ def _write_staged(
     except Exception as exc:
         python = config.gold[table].python
         module = str(config.base_dir / python.partition(":")[0]) if python else None
-        raise GoldError(f"gold {table} failed: {described(exc, module)}") from exc
+        message = f"gold {table} failed: {described(exc, module)}"
+        raise GoldError(message, final=is_final(exc)) from exc
 
 
 def build_gold(

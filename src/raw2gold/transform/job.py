@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 from raw2gold.config.loader import load_pipeline
 from raw2gold.config.models import PipelineConfig
-from raw2gold.errors import Raw2GoldError, first_line
+from raw2gold.errors import Raw2GoldError, first_line, is_final
 from raw2gold.lake.layout import Lake, utc_now
 from raw2gold.process_exit import exit_now
 from raw2gold.quality.checks import (
@@ -355,6 +355,7 @@ def run_stage(
             summary["checks"] = [r.as_dict() for r in exc.results]
             message = failure_message(exc.results) or message
         summary["error"] = message
+        summary["final"] = is_final(exc)  # the task's retries cannot help: Airflow skips them
         _finish(lake, summary, started)
         raise StageError(message, summary) from exc
     finally:

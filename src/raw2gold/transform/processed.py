@@ -122,7 +122,10 @@ READ_FAILURES = {"FAILED_READ_FILE", "PATH_NOT_FOUND"}
 
 
 class ProcessedError(Raw2GoldError):
-    """A processed table cannot be built (missing column, unreadable raw data, ...)."""
+    """A processed table cannot be built (missing column, unreadable raw data, ...). Final
+    unless raised with ``final=False``: raw data and config are the same on every try."""
+
+    final = True
 
 
 @dataclass
@@ -867,11 +870,11 @@ def process_table(
         raise
     except Exception as exc:
         if (error_class(exc) or "").startswith(CONCURRENT):
-            raise ProcessedError(another_run_wrote(table)) from exc
+            raise ProcessedError(another_run_wrote(table), final=False) from exc
         problem = unreadable_raw_file(config, table, exc)
         if problem is None:
             raise
-        raise ProcessedError(problem) from exc
+        raise ProcessedError(problem, final=False) from exc  # a store's hiccup reads so too
 
 
 def another_run_wrote(table: str, other: str | None = None) -> str:
@@ -893,7 +896,8 @@ def _written_by_this_run(
     if found is None or found[0] <= read_version:
         newest = newest_metadata(lake, relative, "raw2gold_run_id", look_back=1)
         raise ProcessedError(
-            another_run_wrote(table, newest[1]["raw2gold_run_id"] if newest else None)
+            another_run_wrote(table, newest[1]["raw2gold_run_id"] if newest else None),
+            final=False,  # a retry applies what the other run left
         )
 
 

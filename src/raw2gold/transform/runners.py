@@ -50,7 +50,8 @@ class Log(Protocol):
 
 
 class StageRunError(Raw2GoldError):
-    """The stage (or getting it started) failed; the message is one line with the fix."""
+    """The stage (or getting it started) failed; the message is one line with the fix.
+    ``final`` when retrying cannot help (the job said so, or the SSH setup is wrong)."""
 
 
 class Output:
@@ -127,9 +128,13 @@ class StageRunner:
     def kill(self) -> None:
         raise NotImplementedError
 
-    def _failed(self, code: int | str) -> StageRunError:
+    def _failed(self, code: int | str, summary: dict[str, Any] | None = None) -> StageRunError:
+        """The stage's failure; final when the job's summary says a retry cannot help."""
+        summary = summary or self.output.summary or {}
         return StageRunError(
-            f"Spark stage {self.label} failed {self.where} (exit {code}): {self.output.error()}"
+            f"Spark stage {self.label} failed {self.where} (exit {code}): "
+            + (summary.get("error") or self.output.error()),
+            final=bool(summary.get("final")),
         )
 
 
@@ -361,7 +366,7 @@ class SparkSubmitRunner(StageRunner):
                 Path(properties).unlink(missing_ok=True)
         summary = self.output.summary or self._summary_from_lake(run_id)
         if code != 0 or (summary or {}).get("status") == "failed":
-            raise self._failed(code)
+            raise self._failed(code, summary)
         return summary or {}
 
     def _summary_from_lake(self, run_id: str) -> dict[str, Any] | None:
@@ -434,7 +439,7 @@ class SshRunner(StageRunner):
         from airflow.providers.ssh.hooks.ssh import SSHHook
 
         if not self.conn_id:
-            raise StageRunError("spark.mode is ssh but spark.ssh_conn_id is not set")
+            raise StageRunError("spark.mode is ssh but spark.ssh_conn_id is not set", final=True)
         try:
             hook = SSHHook(ssh_conn_id=self.conn_id, conn_retry_attempts=1, conn_timeout=20)
         except Exception as exc:
@@ -444,12 +449,15 @@ class SshRunner(StageRunner):
         if hook.no_host_key_check or hook.allow_host_key_change:
             raise StageRunError(
                 f"SSH connection {self.conn_id!r} turns host-key checking off: set extra "
-                f'"no_host_key_check": false and "host_key" to the output of {_keyscan(host, port)}'
+                f'"no_host_key_check": false and "host_key" to the output of '
+                f"{_keyscan(host, port)}",
+                final=True,
             )
         if hook.pkey is None and not hook.key_file:
             raise StageRunError(
                 f"SSH connection {self.conn_id!r} has no key: set extra private_key (OpenSSH "
-                "ed25519 key text) or key_file (a path on the Airflow worker)"
+                "ed25519 key text) or key_file (a path on the Airflow worker)",
+                final=True,
             )
         if hook.password:
             self.log.warning(
@@ -465,20 +473,23 @@ class SshRunner(StageRunner):
                 f"{self.conn_id!r} (server offered {exc.key.get_name()} "
                 f"{exc.key.fingerprint}): if the host was re-keyed, check it and update the "
                 f'connection\'s "host_key" extra (or ~/.ssh/known_hosts) from '
-                f"{_keyscan(host, port)}"
+                f"{_keyscan(host, port)}",
+                final=True,
             ) from exc
         except paramiko.AuthenticationException as exc:
             raise StageRunError(
                 f"SSH key authentication failed for {where} (connection {self.conn_id!r}): "
                 "add the connection's public key (ssh-keygen -y -f KEY) to "
-                f"~{hook.username}/.ssh/authorized_keys on {host}"
+                f"~{hook.username}/.ssh/authorized_keys on {host}",
+                final=True,
             ) from exc
         except paramiko.SSHException as exc:
             if "known_hosts" in str(exc):
                 raise StageRunError(
                     f"host key of {host}:{port} is not in known_hosts: add it with "
                     f"{_keyscan(host, port)} >> ~/.ssh/known_hosts, or put that line's key in "
-                    f'the "host_key" extra of connection {self.conn_id!r}'
+                    f'the "host_key" extra of connection {self.conn_id!r}',
+                    final=True,
                 ) from exc
             raise StageRunError(f"SSH to {where} failed: {exc}") from exc
         except OSError as exc:
@@ -521,18 +532,21 @@ class SshRunner(StageRunner):
         if code in (126, 127) and "setsid" in text and python not in text:
             return StageRunError(
                 f"setsid is missing on {self.host}: install util-linux there (apt-get install "
-                "util-linux)"
+                "util-linux)",
+                final=True,
             )
         if code in (126, 127):
             return StageRunError(
                 f"remote python {python!r} was not found on {self.host} (exit {code}): install "
                 "raw2gold there and set spark.remote_python to that venv's python "
-                "(e.g. /opt/raw2gold/.venv/bin/python)"
+                "(e.g. /opt/raw2gold/.venv/bin/python)",
+                final=True,
             )
         if "No module named raw2gold" in text:
             return StageRunError(
                 f"raw2gold is not installed for {python!r} on {self.host}: install it there "
-                "(pip install raw2gold) or point spark.remote_python at the venv that has it"
+                "(pip install raw2gold) or point spark.remote_python at the venv that has it",
+                final=True,
             )
         return self._failed(code)
 
