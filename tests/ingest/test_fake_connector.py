@@ -162,6 +162,7 @@ def test_failed_run_commits_nothing_and_keeps_state(make_pipeline: MakePipeline)
     assert "\n" not in message
     assert "read failed (exit code 1): Upstream API said no: quota exceeded (hint:" in message
     assert caught.value.stderr_tail == ["Traceback: something broke"]
+    assert not caught.value.final  # failure_type system_error: Airflow retries the task
 
     assert not lake.exists(Lake.raw_manifest("fake", "r2"))
     assert not lake.exists(Lake.raw_run_dir("fake", "items", DAY, "r2"))
@@ -172,8 +173,11 @@ def test_failed_run_commits_nothing_and_keeps_state(make_pipeline: MakePipeline)
 
 def test_crash_without_trace_quotes_the_last_stderr_line(make_pipeline: MakePipeline) -> None:
     config = make_pipeline({"fake": fake_source({"mode": "crash"})})
-    with pytest.raises(ConnectorError, match=r"exit code 3\): RuntimeError: segfault-ish \(hint"):
+    with pytest.raises(
+        ConnectorError, match=r"exit code 3\): RuntimeError: segfault-ish \(hint"
+    ) as caught:
         ingest_source(config, "fake", "r1", DAY, command=FAKE_COMMAND)
+    assert not caught.value.final
     assert Lake(config.lake).list_files("raw/fake") == []
 
 
@@ -264,8 +268,9 @@ def test_unknown_stream_is_a_one_line_error(make_pipeline: MakePipeline) -> None
     config = make_pipeline({"fake": {**fake_source({}), "streams": [{"name": "nope"}]}})
     with pytest.raises(
         ConnectorError, match="stream 'nope' is not in the connector's catalog.*items"
-    ):
+    ) as caught:
         ingest_source(config, "fake", "r1", DAY, command=FAKE_COMMAND)
+    assert caught.value.final  # the pipeline asks for what the catalog lacks: not retried
 
 
 def test_manifest_source_gets_the_manifest_injected(

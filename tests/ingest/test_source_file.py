@@ -135,10 +135,12 @@ def test_missing_file_and_malformed_csv_fail_in_one_line(
     assert "\n" not in message
     assert message.startswith("source 'missing' (airbyte-source-file==0.5.39) discover failed")
     assert "No such file or directory" in message and "(hint:" in message
+    assert not caught.value.final  # source-file says system_error: the file may yet come
 
     with pytest.raises(ConnectorError, match="can not be parsed") as caught:
         ingest_source(config, "malformed", "r1", DAY)
     assert "\n" not in str(caught.value)
+    assert caught.value.final  # config_error (reader_options): its task is not retried
 
     ok, status = check_source(config, "missing")
     assert not ok and "nope.csv" in status

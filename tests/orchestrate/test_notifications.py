@@ -33,7 +33,11 @@ from airflow.sdk import DAG
 
 from raw2gold.config.models import NotificationsConfig
 from raw2gold.orchestrate.notify import failure_callbacks, retry_callbacks
-from raw2gold.orchestrate.operators import RunSummaryOperator, SparkStageOperator
+from raw2gold.orchestrate.operators import (
+    IngestSourceOperator,
+    RunSummaryOperator,
+    SparkStageOperator,
+)
 
 STATE = Path(os.environ.get("R2G_TEST_STATE", "/nonexistent"))
 settings = NotificationsConfig(
@@ -123,6 +127,22 @@ for dag_id, task_id in [("r2g_final_failure", "check"), ("r2g_transient_failure"
         **common,
     ):
         FailingStage(task_id=task_id, pipeline_path="unused", stage=task_id)
+
+with DAG(
+    "r2g_ingest_config_error",
+    default_args={
+        "retries": 2,
+        "retry_delay": timedelta(seconds=1),
+        "on_failure_callback": failure_callbacks("demo", settings),
+        "on_retry_callback": retry_callbacks("demo", settings),
+    },
+    **common,
+):
+    IngestSourceOperator(
+        task_id="ingest",
+        pipeline_path=os.environ.get("R2G_TEST_PIPELINE", "/nonexistent"),
+        source="malformed",
+    )
 
 with DAG("r2g_run_summary", params={"run_id": "20260102T030405Z-0123abcd"}, **common):
     RunSummaryOperator(
@@ -269,6 +289,45 @@ def test_a_stage_that_fails_for_now_is_retried(
     hook = [b for b in hook if b.get("source") == "raw2gold"]
     assert [b["event"] for b in hook] == ["task_retry"]
     assert hook[0]["error"] == "Spark stage transform failed locally (exit 1): read timed out"
+
+
+MALFORMED_CSV_PIPELINE = """
+name: demo
+lake: {uri: ./lake}
+sources:
+  malformed:
+    connector: {package: airbyte-source-file, version: 0.5.39}
+    config:
+      dataset_name: bad
+      format: csv
+      url: ${PIPELINE_DIR}/bad.csv
+      provider: {storage: local}
+    streams: [{name: bad}]
+"""
+
+
+def test_a_connector_that_refuses_its_config_is_not_retried(
+    airflow_home, http_receiver, smtp_server, tmp_path
+) -> None:
+    """The real source-file connector on a CSV its reader_options cannot parse reports a
+    config_error (Airbyte protocol): the ingest task fails on its first try."""
+    (tmp_path / "bad.csv").write_text("id,name\n1,a\n2,b,extra,more\n3,c\n")
+    (tmp_path / "pipeline.yaml").write_text(MALFORMED_CSV_PIPELINE)
+    result = dags_test(
+        airflow_home,
+        "r2g_ingest_config_error",
+        tmp_path / "state",
+        extra_env={"R2G_TEST_PIPELINE": str(tmp_path / "pipeline.yaml")},
+        **channels(http_receiver.url, smtp_server.port),
+    )
+    assert result.returncode != 0
+    hook = [json.loads(b) for b in http_receiver.received()]
+    hook = [b for b in hook if b.get("source") == "raw2gold"]
+    assert [(b["event"], b["try_number"]) for b in hook] == [("task_failed", 1)], hook
+    assert "discover failed (exit code 1): File " in hook[0]["error"]
+    assert "can not be parsed" in hook[0]["error"]
+    assert "(not retried: a retry would fail the same way)" in hook[0]["error"]
+    assert not (tmp_path / "lake" / "raw").exists()
 
 
 def test_a_task_over_its_timeout_is_killed_with_its_external_process(

@@ -57,7 +57,9 @@ def one_line(text: str, limit: int = MAX_ERROR_CHARS) -> str:
 
 
 class ConnectorError(Raw2GoldError):
-    """A connector failed. ``str()`` is one line: what failed, the connector's words, a hint."""
+    """A connector failed. ``str()`` is one line: what failed, the connector's words, a hint.
+    ``final`` when the connector said its config is wrong (an error trace of failure_type
+    config_error) or the pipeline asks for what its catalog lacks: a retry would fail alike."""
 
     def __init__(
         self,
@@ -68,6 +70,7 @@ class ConnectorError(Raw2GoldError):
         exit_code: int | None = None,
         stderr_tail: Iterable[str] = (),
         hint: str = "",
+        final: bool = False,
     ):
         self.message = one_line(message)
         self.connector = connector
@@ -78,7 +81,7 @@ class ConnectorError(Raw2GoldError):
         what = f"{connector} {verb}".strip()
         code = f" (exit code {exit_code})" if exit_code not in (None, 0) else ""
         text = f"{what} failed{code}: {self.message}"
-        super().__init__(f"{text} (hint: {one_line(hint)})" if hint else text)
+        super().__init__(f"{text} (hint: {one_line(hint)})" if hint else text, final=final)
 
 
 def _write_private(folder: Path, name: str, payload: Any) -> Path:
@@ -347,7 +350,15 @@ class ConnectorProcess:
             exit_code=self.exit_code,
             stderr_tail=self.stderr_tail,
             hint=hint or default_hint(self.verb, message),
+            final=self.config_error(),
         )
+
+    def config_error(self) -> bool:
+        """Whether the connector failed on its config (the Airbyte protocol's failure_type
+        config_error), which no retry changes; system and transient errors may pass."""
+        if self.timed_out or not self.error_traces:
+            return False
+        return self.error_traces[-1].get("failure_type") == "config_error"
 
 
 def default_hint(verb: str, message: str) -> str:

@@ -214,6 +214,7 @@ def configured_catalog(
                 f"stream {wanted.name!r} is not in the connector's catalog",
                 connector=label,
                 verb="discover",
+                final=True,
                 hint=f"streams offered: {', '.join(sorted(map(str, offered))) or 'none'}",
             )
         modes = stream.get("supported_sync_modes") or ["full_refresh"]
@@ -222,6 +223,7 @@ def configured_catalog(
                 f"stream {wanted.name!r} does not support sync_mode {wanted.sync_mode}",
                 connector=label,
                 verb="discover",
+                final=True,
                 hint=f"supported: {', '.join(modes)}",
             )
         primary_key = [[key] for key in wanted.primary_key] or (

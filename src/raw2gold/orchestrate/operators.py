@@ -83,16 +83,23 @@ class IngestSourceOperator(BaseOperator):
 
         skip_unless_ingesting(context, self.source)
         params = context.get("params") or {}
+        from raw2gold.errors import Raw2GoldError, is_final
+
         config = load_pipeline(self.pipeline_path)
         run_id, ingest_date = run_ids(context)
-        manifest = ingest_source(
-            config,
-            self.source,
-            run_id=run_id,
-            ingest_date=ingest_date,
-            full_refresh=bool(params.get("full_refresh")),
-            log=self.log.info,
-        )
+        try:
+            manifest = ingest_source(
+                config,
+                self.source,
+                run_id=run_id,
+                ingest_date=ingest_date,
+                full_refresh=bool(params.get("full_refresh")),
+                log=self.log.info,
+            )
+        except Raw2GoldError as exc:
+            if is_final(exc):  # the connector refused its config: no retry changes that
+                raise task_failure(exc) from exc
+            raise
         return raw_run_result(self.log, manifest, run_id, self.source)
 
     def on_kill(self) -> None:
