@@ -99,14 +99,15 @@ def test_of_two_publishes_at_once_one_commits(
 
 
 def test_of_two_parquet_pointer_switches_in_one_instant_one_stands(
-    tmp_path: Path, spark: Any, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, spark: Any, monkeypatch: pytest.MonkeyPatch, without_table_leases: None
 ) -> None:
     """Runs A and B built on the same Parquet publish; A's publish starts (in a thread) while B
     has compared the pointer's number and is writing the pointer, the instant the test above
     leaves out. Before, both found the number they built on and both switched the pointer (A's
     switch, then B's over it: A's run reported its publish, which no pointer named and whose
     version B's publish deleted; seen). Now the compare and the switch are one step: A waits,
-    finds B's publish and publishes nothing."""
+    finds B's publish and publishes nothing. (The table's lease keeps two publishes apart before
+    this, see the next test; this is the guard behind it, tested with the lease off.)"""
     import threading
     import time
 
@@ -157,3 +158,35 @@ def test_of_two_parquet_pointer_switches_in_one_instant_one_stands(
         "version=runB",
     ]
     assert _users(config) == 23
+
+
+def test_a_parquet_publish_waits_for_the_tables_lease(tmp_path: Path, spark: Any) -> None:
+    """A Parquet publish prunes every version folder its pointer does not name, so while
+    another run holds the table (writing its own version folder, not yet named by a pointer),
+    a publish waits for it: before, it wrote its folder and pruned around the other run's."""
+    import threading
+    import time
+
+    from raw2gold.lake.lease import table_lease
+
+    config = published(tmp_path, spark, ["ages"])
+    lake = Lake(config.lake)
+    new_users(lake, "r2", 100, 2)
+    for stage in ("transform", "check"):
+        run_stage(config, stage, "runB", spark=spark)
+    results: list[Any] = []
+    other = Path(lake.path("gold/ages/version=runA"))
+    with table_lease(lake, "gold.ages", "runA"):
+        other.mkdir()  # run A's version, being written
+        (other / "part-00000.parquet").write_bytes(b"being written")
+        thread = threading.Thread(
+            target=lambda: results.append(publisher.publish(spark, config, "runB"))
+        )
+        thread.start()
+        time.sleep(3)
+        assert thread.is_alive() and not Path(lake.path("gold/ages/version=runB")).exists()
+        waited = other.exists()
+    thread.join(timeout=120)
+    assert waited and not thread.is_alive()
+    assert [r.action for r in results[0]] == ["published"]
+    assert [e["run_id"] for e in publish_history(config, "ages")] == ["runB", "run1"]

@@ -554,9 +554,12 @@ def _publish_table(
             rows = table_rows(spark, lake, lake.gold_table(table), int(version))
     else:
         whole = prospective(spark, config, run_id, table) if incremental else df
-        action, version, rows = _publish_parquet(
-            config, lake, table, run_id, whole, metadata, built_on
-        )
+        # the lease too: a publish prunes every version folder its pointer does not name,
+        # which would include one another run is writing at that moment
+        with table_lease(lake, f"gold.{table}", run_id):
+            action, version, rows = _publish_parquet(
+                config, lake, table, run_id, whole, metadata, built_on
+            )
     log.info("gold %s %s (version %s, %d rows)", table, action, version, rows)
     return PublishResult(
         table,
