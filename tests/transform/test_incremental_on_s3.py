@@ -5,7 +5,8 @@ incremental run uses — MERGE and the deleted keys, the Delta log read without 
 feed, affected groups written from the driver and read back through S3A, an incremental Parquet
 publish behind its pointer — and gold must equal the independent computation after each run.
 While run2 starts, another run holds processed purchases' lease (Delta on S3 is single-driver):
-run2 waits for it, then applies its raw run as before.
+run2 waits for it, then applies its raw run as before. Its one purchase with an unreadable date
+is quarantined, and `raw2gold quarantine` reads it from S3.
 Spark runs in its own process: the session-wide `spark` fixture has no S3 jars.
 """
 
@@ -46,7 +47,8 @@ new = [
      "purchased_at": ts(9, i), "returned_at": None}
     for i in range(6)
 ]
-purchases = deleted + returned + new
+unreadable = {**new[0], "id": 2000, "purchased_at": "not-a-date"}  # quarantined
+purchases = deleted + returned + new + [unreadable]
 write_raw_run(lake, "faker", "r2", {"purchases": purchases}, T2, extra_fields=CDC)
 # another run (runX) is writing processed purchases when run2 starts: run2 waits for its lease
 waits = []
@@ -67,6 +69,13 @@ threading.Thread(target=release_later).start()
 summaries = {stage: run_stage(config, stage, "run2", spark=spark) for stage in STAGES}
 lease = lake.read_json(lease_path("processed.purchases"))
 assert_gold_matches_reference(config)
+# `raw2gold quarantine` reads the rejected row from S3 with delta-rs (no JVM)
+import contextlib, io
+from raw2gold.cli import main as cli
+report = io.StringIO()
+with contextlib.redirect_stdout(report):
+    assert cli(["quarantine", "purchases", "-p", sys.argv[1], "--json"]) == 0
+report = json.loads(report.getvalue())
 processed = summaries["transform"]["processed"]["purchases"]
 gold = summaries["transform"]["gold"]
 print("RESULT " + json.dumps({
@@ -74,6 +83,7 @@ print("RESULT " + json.dumps({
     "builds": {name: gold[name]["build"] for name in sorted(gold)},
     "waited_for_runX": bool(waits),
     "lease": [lease["run_id"], lease["released"], lease["acquired_at"] >= released[0]],
+    "quarantine": [report["problems"], [json.loads(r["record"])["id"] for r in report["sample"]]],
 }))
 spark.stop()
 """
@@ -92,5 +102,15 @@ def test_incremental_run_on_s3_matches_the_reference(s3_server, tmp_path: Path) 
         },
         "waited_for_runX": True,
         "lease": ["run2", True, True],  # run2 took the lease after runX released it
+        "quarantine": [
+            [
+                {
+                    "problem": "column purchased_at: cannot cast to timestamp",
+                    "rows": 1,
+                    "raw_runs": ["r2"],
+                }
+            ],
+            [2000],
+        ],
     }
     assert not (pipeline.parent / "lake").exists(), "nothing may land on the local disk"
