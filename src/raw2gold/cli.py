@@ -70,7 +70,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # ---- run -----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from raw2gold.lake import make_run_id
-    from raw2gold.orchestrate.local_run import TaskEvent, run_dag_test
+    from raw2gold.orchestrate.local_run import TaskEvent, logs_folder, run_dag_test, shown
 
     config = _load(args)
     unknown = [s for s in args.sources or [] if s not in config.sources]
@@ -82,7 +82,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     run_id = make_run_id()
     console.print(
         f"raw2gold run [bold]{config.name}[/bold] · run {run_id} · lake {config.lake.uri}\n"
-        f"  through Airflow (dags test of {config.dag_id}); full log in .raw2gold/logs/"
+        f"  through Airflow (dags test of {config.dag_id}); full log in {shown(logs_folder())}"
     )
 
     def show(event: TaskEvent) -> None:

@@ -33,6 +33,19 @@ def raw2gold_home() -> Path:
     return Path(os.environ.get("RAW2GOLD_HOME", ".raw2gold")).resolve()
 
 
+def logs_folder() -> Path:
+    """Where `raw2gold run` writes each run's full log."""
+    return raw2gold_home() / "logs"
+
+
+def shown(path: Path) -> str:
+    """A path as a person reads it: relative when under the working folder, else absolute."""
+    try:
+        return str(path.relative_to(Path.cwd())) + "/"
+    except ValueError:
+        return str(path) + "/"
+
+
 def airflow_env(pipeline_path: Path, lake_uri: str | None) -> dict[str, str]:
     """Environment for a private, local Airflow that sees exactly one pipeline."""
     home = raw2gold_home() / "airflow"
@@ -124,7 +137,7 @@ def run_dag_test(
     """
     env = airflow_env(config.path, lake_uri)
     ensure_airflow_db(env)
-    log_dir = raw2gold_home() / "logs"
+    log_dir = logs_folder()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{config.name}-{run_id}.log"
     conf = json.dumps(run_conf(run_id, full_refresh, sources, ingest))
