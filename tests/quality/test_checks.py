@@ -8,7 +8,14 @@ from typing import Any
 import pytest
 
 from raw2gold.config.models import CheckConfig
-from raw2gold.quality.checks import CheckFailed, CheckScope, enforce, run_checks
+from raw2gold.quality.checks import (
+    CheckFailed,
+    CheckResult,
+    CheckScope,
+    enforce,
+    failure_message,
+    run_checks,
+)
 
 
 @pytest.fixture(scope="module")
@@ -176,3 +183,40 @@ def test_an_incremental_build_checks_only_what_its_rebuilt_groups_can_break(
     unstable = CheckScope(changed=rebuilt, group_by=("customer",))
     orphan = run_checks(spark, "orders", orders, checks[5:6], tables.__getitem__, scope=unstable)
     assert (orphan[0].passed, orphan[0].failing_rows) == (False, 1)
+
+
+def test_a_failed_whole_table_check_says_what_it_measured() -> None:
+    """A row_count or freshness failure is about the table, not rows: the run's error said
+    "check row_count on top_products failed: 10 failing row(s)" for 10 rows over a max of 3."""
+    rows = CheckResult(
+        "top", "row_count", "row_count", "error", False, 10, [], "row count 10 outside [1, 3]"
+    )
+    fresh = CheckResult(
+        "orders",
+        "freshness(at)",
+        "freshness",
+        "error",
+        False,
+        1,
+        [],
+        "newest at is 30.0 h old (max 24 h)",
+    )
+    broken = CheckResult(
+        "orders",
+        "expression(nope > 0)",
+        "expression",
+        "error",
+        False,
+        -1,
+        [],
+        "check could not run: [UNRESOLVED_COLUMN] `nope` cannot be resolved.",
+    )
+    assert failure_message([rows]) == "check row_count on top failed: row count 10 outside [1, 3]"
+    assert failure_message([fresh, rows]) == (
+        "check freshness(at) on orders failed: newest at is 30.0 h old (max 24 h) "
+        "(+1 more failed checks)"
+    )
+    assert failure_message([broken]) == (
+        "check expression(nope > 0) on orders failed: could not run: "
+        "[UNRESOLVED_COLUMN] `nope` cannot be resolved."
+    )

@@ -331,15 +331,23 @@ def run_checks(
     return results
 
 
+# checks about the table as a whole: their failing_rows is no count of offending rows
+WHOLE_TABLE_CHECKS = ("row_count", "freshness")
+
+
 def failure_message(results: list[CheckResult]) -> str | None:
     """One line naming the error-severity failures, or None when none failed."""
     failed = [r for r in results if r.severity == "error" and not r.passed]
     if not failed:
         return None
     first = failed[0]
-    count = "could not run" if first.failing_rows < 0 else f"{first.failing_rows} failing row(s)"
+    if first.failing_rows < 0 or first.type in WHOLE_TABLE_CHECKS:
+        # "could not run: [UNRESOLVED_COLUMN…] …", "row count 10 outside [1, 3]"
+        detail = first.message.removeprefix("check ")
+    else:
+        detail = f"{first.failing_rows} failing row(s)"
     more = f" (+{len(failed) - 1} more failed checks)" if len(failed) > 1 else ""
-    return f"check {first.check} on {first.table} failed: {count}{more}"
+    return f"check {first.check} on {first.table} failed: {detail}{more}"
 
 
 def enforce(results: list[CheckResult]) -> None:
