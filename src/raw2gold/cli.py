@@ -70,7 +70,7 @@ def cmd_validate(args: argparse.Namespace) -> int:
 # ---- run -----------------------------------------------------------------------------------
 def cmd_run(args: argparse.Namespace) -> int:
     from raw2gold.lake import make_run_id
-    from raw2gold.orchestrate.local_run import TaskEvent, logs_folder, run_dag_test, shown
+    from raw2gold.orchestrate.local_run import TaskEvent, logs_folder, run_dag_test, shown_folder
 
     config = _load(args)
     unknown = [s for s in args.sources or [] if s not in config.sources]
@@ -80,9 +80,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     lake_uri = config.lake.uri if args.lake else None
     run_id = make_run_id()
+    logs = shown_folder(logs_folder())
     console.print(
         f"raw2gold run [bold]{config.name}[/bold] · run {run_id} · lake {config.lake.uri}\n"
-        f"  through Airflow (dags test of {config.dag_id}); full log in {shown(logs_folder())}"
+        f"  through Airflow (dags test of {config.dag_id}); full log in {logs}"
     )
 
     def show(event: TaskEvent) -> None:

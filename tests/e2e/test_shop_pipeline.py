@@ -25,20 +25,27 @@ from tests.e2e.reference import (
 from tests.fixtures.paths import shop_copy
 
 
-@pytest.fixture(scope="module")
-def shop_run(tmp_path_factory, shop_pipeline: Path) -> dict:
-    work = tmp_path_factory.mktemp("shop")
-    # no COLUMNS: the CLI's tables are captured as a log would be, and must come out whole
-    env = {**os.environ, "RAW2GOLD_HOME": str(work / ".raw2gold")}
-    env.pop("COLUMNS", None)
-    result = subprocess.run(
-        [*RAW2GOLD, "run", str(shop_pipeline), "--lake", str(work / "lake")],
+def raw2gold_run(
+    pipeline: Path, lake: Path, work: Path, env: dict[str, str], *args: str
+) -> subprocess.CompletedProcess[str]:
+    """`raw2gold run PIPELINE --lake LAKE ARGS…` from the folder ``work``, output captured."""
+    return subprocess.run(
+        [*RAW2GOLD, "run", str(pipeline), "--lake", str(lake), *args],
         cwd=work,
         env=env,
         capture_output=True,
         text=True,
         timeout=1200,
     )
+
+
+@pytest.fixture(scope="module")
+def shop_run(tmp_path_factory, shop_pipeline: Path) -> dict:
+    work = tmp_path_factory.mktemp("shop")
+    # no COLUMNS: the CLI's tables are captured as a log would be, and must come out whole
+    env = {**os.environ, "RAW2GOLD_HOME": str(work / ".raw2gold")}
+    env.pop("COLUMNS", None)
+    result = raw2gold_run(shop_pipeline, work / "lake", work, env)
     return {"work": work, "lake": work / "lake", "env": env, "result": result}
 
 
@@ -127,14 +134,7 @@ def test_second_run_is_incremental_and_gold_is_unchanged(
     runs_before = set((lake / "raw" / "faker" / "_runs").glob("*.json"))
     runs_before_csv = set((lake / "raw" / "catalog_csv" / "_runs").glob("*.json"))
     logs_before = set((shop_run["work"] / ".raw2gold" / "logs").glob("*.log"))
-    result = subprocess.run(
-        [*RAW2GOLD, "run", str(shop_pipeline), "--lake", str(lake)],
-        cwd=shop_run["work"],
-        env=shop_run["env"],
-        capture_output=True,
-        text=True,
-        timeout=1200,
-    )
+    result = raw2gold_run(shop_pipeline, lake, shop_run["work"], shop_run["env"])
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     (new_run,) = set((lake / "raw" / "faker" / "_runs").glob("*.json")) - runs_before
     (run_log,) = [
@@ -280,14 +280,7 @@ def test_a_run_without_ingest_rebuilds_an_edited_model_from_raw_as_it_is(
     before = {table: read_gold(lake, table, fmt) for table, fmt in GOLD_FORMATS.items()}
 
     def run(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [*RAW2GOLD, "run", str(edited), "--lake", str(lake), *args],
-            cwd=work,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=1200,
-        )
+        return raw2gold_run(edited, lake, work, env, *args)
 
     unknown = run("--sources", "faker", "nosuch")
     assert unknown.returncode == 1 and "Airflow" not in unknown.stderr
@@ -328,14 +321,7 @@ def test_a_run_that_cannot_succeed_fails_at_once_without_spending_retries(
     the shop's `retries: 2`, 30 s apart; the run's last line says what is missing and what to
     do, without the exception's type."""
     lake = tmp_path / "empty"
-    result = subprocess.run(
-        [*RAW2GOLD, "run", str(shop_pipeline), "--lake", str(lake), "--no-ingest"],
-        cwd=shop_run["work"],
-        env=shop_run["env"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = raw2gold_run(shop_pipeline, lake, shop_run["work"], shop_run["env"], "--no-ingest")
     assert result.returncode == 1, result.stdout[-3000:] + result.stderr[-3000:]
     for table in GOLD_FORMATS:
         assert f"✘ gold.build.{table} failed" in result.stdout, result.stdout

@@ -65,12 +65,12 @@ def test_the_run_names_its_logs_folder_where_raw2gold_home_puts_it(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`raw2gold run` said "full log in .raw2gold/logs/" whatever RAW2GOLD_HOME was."""
-    from raw2gold.orchestrate.local_run import logs_folder, shown
+    from raw2gold.orchestrate.local_run import logs_folder, shown_folder
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("RAW2GOLD_HOME", raising=False)
-    assert shown(logs_folder()) == ".raw2gold/logs/"
+    assert shown_folder(logs_folder()) == ".raw2gold/logs/"
     monkeypatch.setenv("RAW2GOLD_HOME", str(tmp_path / "elsewhere"))
-    assert shown(logs_folder()) == "elsewhere/logs/"
+    assert shown_folder(logs_folder()) == "elsewhere/logs/"
     monkeypatch.setenv("RAW2GOLD_HOME", "/var/lib/raw2gold")
-    assert shown(logs_folder()) == "/var/lib/raw2gold/logs/"
+    assert shown_folder(logs_folder()) == "/var/lib/raw2gold/logs/"

@@ -178,6 +178,12 @@ def dags_test(
     )
 
 
+def raw2gold_events(http_receiver) -> list[dict]:
+    """The generic webhook's JSON bodies (raw2gold's events) among what the receiver got."""
+    bodies = [json.loads(b) for b in http_receiver.received()]
+    return [b for b in bodies if b.get("source") == "raw2gold"]
+
+
 def channels(http_url: str, smtp_port: int, slack_path: str = "/slack", hook_path: str = "/hook"):
     return {
         "r2g_slack": {"conn_type": "slackwebhook", "password": f"{http_url}{slack_path}"},
@@ -267,8 +273,7 @@ def test_a_stage_that_fails_for_good_is_not_retried(
     result = dags_test(airflow_home, "r2g_final_failure", state, **channel)
     assert result.returncode != 0
     assert (state / "attempts").read_text() == "1"
-    hook = [json.loads(b) for b in http_receiver.received()]
-    hook = [b for b in hook if b.get("source") == "raw2gold"]
+    hook = raw2gold_events(http_receiver)
     assert [b["event"] for b in hook] == ["task_failed"]
     assert hook[0]["try_number"] == 1
     assert hook[0]["error"] == (
@@ -285,8 +290,7 @@ def test_a_stage_that_fails_for_now_is_retried(
     result = dags_test(airflow_home, "r2g_transient_failure", state, **channel)
     assert result.returncode == 0, result.stdout[-2000:]
     assert (state / "attempts").read_text() == "2"
-    hook = [json.loads(b) for b in http_receiver.received()]
-    hook = [b for b in hook if b.get("source") == "raw2gold"]
+    hook = raw2gold_events(http_receiver)
     assert [b["event"] for b in hook] == ["task_retry"]
     assert hook[0]["error"] == "Spark stage transform failed locally (exit 1): read timed out"
 
@@ -321,8 +325,7 @@ def test_a_connector_that_refuses_its_config_is_not_retried(
         **channels(http_receiver.url, smtp_server.port),
     )
     assert result.returncode != 0
-    hook = [json.loads(b) for b in http_receiver.received()]
-    hook = [b for b in hook if b.get("source") == "raw2gold"]
+    hook = raw2gold_events(http_receiver)
     assert [(b["event"], b["try_number"]) for b in hook] == [("task_failed", 1)], hook
     assert "discover failed (exit code 1): File " in hook[0]["error"]
     assert "can not be parsed" in hook[0]["error"]

@@ -38,7 +38,7 @@ def logs_folder() -> Path:
     return raw2gold_home() / "logs"
 
 
-def shown(path: Path) -> str:
+def shown_folder(path: Path) -> str:
     """A path as a person reads it: relative when under the working folder, else absolute."""
     try:
         return str(path.relative_to(Path.cwd())) + "/"

@@ -79,12 +79,11 @@ class IngestSourceOperator(BaseOperator):
 
     def execute(self, context: Any) -> dict[str, Any]:
         from raw2gold.config import load_pipeline
+        from raw2gold.errors import Raw2GoldError
         from raw2gold.ingest import ingest_source
 
         skip_unless_ingesting(context, self.source)
         params = context.get("params") or {}
-        from raw2gold.errors import Raw2GoldError, is_final
-
         config = load_pipeline(self.pipeline_path)
         run_id, ingest_date = run_ids(context)
         try:
@@ -97,7 +96,7 @@ class IngestSourceOperator(BaseOperator):
                 log=self.log.info,
             )
         except Raw2GoldError as exc:
-            if is_final(exc):  # the connector refused its config: no retry changes that
+            if exc.final:  # the connector refused its config: no retry changes that
                 raise task_failure(exc) from exc
             raise
         return raw_run_result(self.log, manifest, run_id, self.source)
