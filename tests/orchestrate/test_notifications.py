@@ -103,41 +103,24 @@ with DAG(
 ):
     PythonOperator(task_id="load_orders", python_callable=always_fails)
 
-with DAG(
-    "r2g_fails_once",
-    default_args={
-        "retries": 1,
+def retrying(retries):
+    """default_args: retries 1 s apart, each retry and the failure notified."""
+    return {
+        "retries": retries,
         "retry_delay": timedelta(seconds=1),
         "on_failure_callback": failure_callbacks("demo", settings),
         "on_retry_callback": retry_callbacks("demo", settings),
-    },
-    **common,
-):
+    }
+
+
+with DAG("r2g_fails_once", default_args=retrying(1), **common):
     PythonOperator(task_id="flaky", python_callable=fails_once)
 
 for dag_id, task_id in [("r2g_final_failure", "check"), ("r2g_transient_failure", "transform")]:
-    with DAG(
-        dag_id,
-        default_args={
-            "retries": 2,
-            "retry_delay": timedelta(seconds=1),
-            "on_failure_callback": failure_callbacks("demo", settings),
-            "on_retry_callback": retry_callbacks("demo", settings),
-        },
-        **common,
-    ):
+    with DAG(dag_id, default_args=retrying(2), **common):
         FailingStage(task_id=task_id, pipeline_path="unused", stage=task_id)
 
-with DAG(
-    "r2g_ingest_config_error",
-    default_args={
-        "retries": 2,
-        "retry_delay": timedelta(seconds=1),
-        "on_failure_callback": failure_callbacks("demo", settings),
-        "on_retry_callback": retry_callbacks("demo", settings),
-    },
-    **common,
-):
+with DAG("r2g_ingest_config_error", default_args=retrying(2), **common):
     IngestSourceOperator(
         task_id="ingest",
         pipeline_path=os.environ.get("R2G_TEST_PIPELINE", "/nonexistent"),
