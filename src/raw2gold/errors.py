@@ -32,8 +32,8 @@ def is_final(error: BaseException) -> bool:
     """Whether retrying cannot help: a raw2gold error marked final, Spark's analysis errors
     (unknown columns or tables, SQL syntax, type mismatches: the same on every try), or a
     Python error that is a mistake in code."""
-    if isinstance(error, Raw2GoldError) or hasattr(error, "final"):
-        return bool(getattr(error, "final", False))
+    if hasattr(error, "final"):  # raw2gold's errors (and ConfigError) say it themselves
+        return bool(error.final)
     if isinstance(error, _CODE_MISTAKES):
         return True
     try:

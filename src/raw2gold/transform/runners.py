@@ -128,13 +128,11 @@ class StageRunner:
     def kill(self) -> None:
         raise NotImplementedError
 
-    def _failed(self, code: int | str, summary: dict[str, Any] | None = None) -> StageRunError:
+    def _failed(self, code: int | str) -> StageRunError:
         """The stage's failure; final when the job's summary says a retry cannot help."""
-        summary = summary or self.output.summary or {}
         return StageRunError(
-            f"Spark stage {self.label} failed {self.where} (exit {code}): "
-            + (summary.get("error") or self.output.error()),
-            final=bool(summary.get("final")),
+            f"Spark stage {self.label} failed {self.where} (exit {code}): {self.output.error()}",
+            final=bool((self.output.summary or {}).get("final")),
         )
 
 
@@ -364,10 +362,12 @@ class SparkSubmitRunner(StageRunner):
         finally:
             if properties:
                 Path(properties).unlink(missing_ok=True)
-        summary = self.output.summary or self._summary_from_lake(run_id)
-        if code != 0 or (summary or {}).get("status") == "failed":
-            raise self._failed(code, summary)
-        return summary or {}
+        if self.output.summary is None:  # cluster deploy mode: the driver's output is elsewhere
+            self.output.summary = self._summary_from_lake(run_id)
+        summary = self.output.summary or {}
+        if code != 0 or summary.get("status") == "failed":
+            raise self._failed(code)
+        return summary
 
     def _summary_from_lake(self, run_id: str) -> dict[str, Any] | None:
         """Cluster deploy mode: the driver's output is not here; read what it wrote."""
