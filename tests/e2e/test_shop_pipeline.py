@@ -336,3 +336,31 @@ def test_a_run_that_cannot_succeed_fails_at_once_without_spending_retries(
     log = Path(re.findall(r"full log: (\S+)\)", last)[0]).read_text()
     assert log.count("(not retried: a retry would fail the same way)") == len(GOLD_FORMATS)
     assert not (lake / "gold").exists()
+
+
+def test_two_runs_started_together_on_a_new_raw2gold_home_both_run(
+    shop_pipeline: Path, tmp_path: Path
+) -> None:
+    """Two `raw2gold run`s started at once on a new RAW2GOLD_HOME (two terminals in a new
+    checkout): both created its Airflow DB, then both wrote the DAG into it, and one failed
+    ("airflow db migrate failed", then "UNIQUE constraint failed: dag.dag_id"). Now one waits
+    for the other's set-up and their tasks run side by side. Each runs `--no-ingest` on an empty
+    lake of its own, so each ends the way such a run does: its gold builds find no processed
+    table."""
+    env = {**os.environ, "RAW2GOLD_HOME": str(tmp_path / ".raw2gold")}
+    runs = [
+        subprocess.Popen(
+            [*RAW2GOLD, "run", str(shop_pipeline), "--lake", str(tmp_path / lake), "--no-ingest"],
+            cwd=tmp_path,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for lake in ("lake-a", "lake-b")
+    ]
+    for run in runs:
+        out, err = run.communicate(timeout=600)
+        last = err.strip().splitlines()[-1]
+        assert run.returncode == 1 and "does not exist yet" in last, out[-2000:] + err[-2000:]
+        assert "✔ spark.start success" in out, out

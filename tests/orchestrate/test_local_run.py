@@ -74,3 +74,44 @@ def test_the_run_names_its_logs_folder_where_raw2gold_home_puts_it(
     assert shown_folder(logs_folder()) == "elsewhere/logs/"
     monkeypatch.setenv("RAW2GOLD_HOME", "/var/lib/raw2gold")
     assert shown_folder(logs_folder()) == "/var/lib/raw2gold/logs/"
+
+
+def test_two_commands_migrating_one_new_airflow_home_at_once_both_succeed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shop_pipeline: Path
+) -> None:
+    """Two `raw2gold run`s started together on a new RAW2GOLD_HOME both ran `airflow db
+    migrate` on its new SQLite DB, and one failed (three of three tries of two migrates at once);
+    the second now waits for the first and finds the DB ready. `raw2gold airflow up` migrates
+    under the same lock."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from raw2gold.orchestrate.local_run import airflow_env, migrate_airflow_db
+
+    monkeypatch.setenv("RAW2GOLD_HOME", str(tmp_path / "home"))
+    env = airflow_env(shop_pipeline, None)
+    with ThreadPoolExecutor(2) as pool:
+        runs = [pool.submit(migrate_airflow_db, env, unless_ready=True) for _ in range(2)]
+        for run in runs:
+            run.result()
+    home = Path(env["AIRFLOW_HOME"])
+    assert (home / ".raw2gold-db-ready").exists()
+    assert (home / "airflow.db").stat().st_size > 0
+
+
+def test_a_failed_migrate_says_what_the_database_said(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, shop_pipeline: Path
+) -> None:
+    """A migrate that fails ends in the database's own error, not the last lines of SQLAlchemy's
+    trace (before: " | ] | (Background on this error at: https://sqlalche.me/e/21/e3q8)")."""
+    from raw2gold.orchestrate.local_run import AirflowError, airflow_env, migrate_airflow_db
+
+    monkeypatch.setenv("RAW2GOLD_HOME", str(tmp_path / "home"))
+    env = airflow_env(shop_pipeline, None)
+    env["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"] = f"sqlite:///{tmp_path}/no/such/folder/airflow.db"
+    with pytest.raises(AirflowError) as failed:
+        migrate_airflow_db(env)
+    message = str(failed.value)
+    assert message.startswith(f"airflow db migrate failed in {env['AIRFLOW_HOME']}: ")
+    assert "unable to open database file" in message
+    assert "\n" not in message
+    assert not (Path(env["AIRFLOW_HOME"]) / ".raw2gold-db-ready").exists()

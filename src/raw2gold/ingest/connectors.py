@@ -12,7 +12,6 @@ Connectors never go into the project's own venv (their pins clash with Airflow's
 
 from __future__ import annotations
 
-import fcntl
 import json
 import logging
 import os
@@ -20,8 +19,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +28,7 @@ import yaml
 from raw2gold.cache import cache_dir
 from raw2gold.config.models import ConnectorSpec
 from raw2gold.errors import Raw2GoldError
+from raw2gold.file_lock import file_lock
 
 logger = logging.getLogger("raw2gold.ingest")
 
@@ -75,17 +73,6 @@ def venv_dir(spec: ConnectorSpec, root: Path | None = None) -> Path:
     return (root or cache_dir()) / "connectors" / name
 
 
-@contextmanager
-def _file_lock(path: Path) -> Iterator[None]:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a+") as handle:
-        fcntl.flock(handle.fileno(), fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle.fileno(), fcntl.LOCK_UN)
-
-
 def _run_installer(argv: list[str], env: dict[str, str], what: str) -> None:
     result = subprocess.run(
         argv,
@@ -115,7 +102,7 @@ def install_connector(spec: ConnectorSpec, root: Path | None = None) -> Installe
     installed = InstalledConnector(spec, venv)
     if (venv / MARKER).is_file():
         return installed
-    with _file_lock(venv.with_name(venv.name + ".lock")):
+    with file_lock(venv.with_name(venv.name + ".lock")):
         if (venv / MARKER).is_file():  # another process finished it while we waited
             return installed
         if venv.exists():

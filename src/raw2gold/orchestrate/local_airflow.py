@@ -25,8 +25,13 @@ from typing import Any
 import httpx
 import psutil
 
-from raw2gold.errors import Raw2GoldError, first_line
-from raw2gold.orchestrate.local_run import DAGS_FOLDER, raw2gold_home
+from raw2gold.errors import first_line
+from raw2gold.orchestrate.local_run import (
+    DAGS_FOLDER,
+    AirflowError,
+    migrate_airflow_db,
+    raw2gold_home,
+)
 
 log = logging.getLogger(__name__)
 
@@ -37,10 +42,6 @@ POOL_ATTEMPTS = 5  # pool creation retried on 5xx (1+2+4+8 s of waits at most)
 DB_URL_ENV = "RAW2GOLD_AIRFLOW_DB_URL"
 ADMIN = "admin"
 INSTANCE_ENV = "RAW2GOLD_AIRFLOW_INSTANCE"
-
-
-class AirflowError(Raw2GoldError):
-    """The local Airflow could not be started, reached or stopped."""
 
 
 @dataclass
@@ -290,17 +291,6 @@ def check_pipelines(spec: str) -> list[Path]:
     return paths
 
 
-def migrate_db(env: dict[str, str]) -> None:
-    """`airflow db migrate` (idempotent; about 6 s on a new SQLite DB)."""
-    result = subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"], env=env, capture_output=True, text=True
-    )
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-3:]
-        raise AirflowError("airflow db migrate failed: " + " | ".join(tail))
-    (Path(env["AIRFLOW_HOME"]) / ".raw2gold-db-ready").write_text("ok\n")
-
-
 def up(
     *,
     pipelines: Iterable[str] = ("pipeline.yaml",),
@@ -346,7 +336,7 @@ def up(
     say = progress or (lambda message: None)
     ensure_password(home)
     say(f"migrating the metadata DB ({mask_db_url(db_url) if db_url else 'SQLite'})")
-    migrate_db(env)
+    migrate_airflow_db(env)
     url = f"http://127.0.0.1:{port}"
     state = AirflowState(
         port=port,

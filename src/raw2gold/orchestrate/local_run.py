@@ -14,18 +14,26 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from raw2gold.config import PipelineConfig
+from raw2gold.errors import Raw2GoldError
+from raw2gold.file_lock import file_lock
 
 DAGS_FOLDER = Path(__file__).parent / "dags"
 STARTING = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
 ENDED = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
 NEW_STATE = re.compile(r"new_state=(\w+)")
 RUN_FAILED = re.compile(r"Marking run .* failed")
+EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception): ")
 LOGGER_SUFFIX = re.compile(r"\s+\[[\w.]+\]( loc=\S+)?$")  # structlog's "[logger] loc=file:line"
+
+
+class AirflowError(Raw2GoldError):
+    """The local Airflow could not be started, reached, stopped or set up."""
 
 
 def raw2gold_home() -> Path:
@@ -69,21 +77,43 @@ def airflow_env(pipeline_path: Path, lake_uri: str | None) -> dict[str, str]:
     return env
 
 
-def ensure_airflow_db(env: dict[str, str]) -> None:
-    """Create the SQLite metadata DB once (about 6 s); later runs reuse it."""
-    marker = Path(env["AIRFLOW_HOME"]) / ".raw2gold-db-ready"
-    if marker.exists():
+def db_setup_lock(env: dict[str, str]) -> AbstractContextManager[None]:
+    """Held by a raw2gold command while it creates or writes the Airflow home's DB set-up."""
+    return file_lock(Path(env["AIRFLOW_HOME"]) / ".raw2gold-db.lock")
+
+
+def migrate_airflow_db(env: dict[str, str], *, unless_ready: bool = False) -> None:
+    """`airflow db migrate` for the Airflow home in ``env`` (about 6 s on a new SQLite DB).
+
+    One raw2gold command at a time per home: two started together on a new home (two `raw2gold
+    run`s, or one beside `raw2gold airflow up`) would both create its tables, and one fail.
+    ``unless_ready`` skips it when a migrate has already succeeded there (`raw2gold run`).
+    """
+    home = Path(env["AIRFLOW_HOME"])
+    ready = home / ".raw2gold-db-ready"
+    if unless_ready and ready.exists():
         return
-    result = subprocess.run(
-        [sys.executable, "-m", "airflow", "db", "migrate"],
-        env=env,
-        capture_output=True,
-        text=True,
-    )
-    if result.returncode != 0:
-        tail = (result.stderr or result.stdout).strip().splitlines()[-1:]
-        raise RuntimeError(f"airflow db migrate failed: {' '.join(tail)}")
-    marker.write_text("ok\n")
+    with db_setup_lock(env):
+        if unless_ready and ready.exists():  # another command migrated it while this one waited
+            return
+        result = subprocess.run(
+            [sys.executable, "-m", "airflow", "db", "migrate"],
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        if result.returncode != 0:
+            error = migrate_error(result.stderr + result.stdout)
+            raise AirflowError(f"airflow db migrate failed in {home}: {error}")
+        ready.write_text("ok\n")
+
+
+def migrate_error(output: str) -> str:
+    """The exception line of a failed `airflow db migrate` (the last one: SQLAlchemy's, which
+    names the database's own error), else its last line."""
+    lines = [line.strip() for line in output.splitlines() if line.strip()]
+    errors = [line for line in lines if EXCEPTION_LINE.match(line)]
+    return (errors or lines or ["no output"])[-1][:300]
 
 
 @dataclass
@@ -136,7 +166,7 @@ def run_dag_test(
     ``sources`` ingests only those (None: all), ``ingest`` False lands nothing: the DAG's params.
     """
     env = airflow_env(config.path, lake_uri)
-    ensure_airflow_db(env)
+    migrate_airflow_db(env, unless_ready=True)
     log_dir = logs_folder()
     log_dir.mkdir(parents=True, exist_ok=True)
     log_file = log_dir / f"{config.name}-{run_id}.log"
@@ -146,7 +176,13 @@ def run_dag_test(
     result = RunResult(run_id=run_id, ok=False, log_file=log_file)
     current: TaskEvent | None = None
     errors: list[str] = []
+    # `dags test` writes the DAG and its run into the DB before its first task: two runs doing
+    # that at once on a new DB collide ("UNIQUE constraint failed: dag.dag_id"), so that part
+    # runs one at a time per Airflow home; the tasks then run side by side.
+    setting_up = ExitStack()
+    setting_up.enter_context(db_setup_lock(env))
     with (
+        setting_up,
         log_file.open("w") as log,
         subprocess.Popen(
             cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
@@ -156,6 +192,7 @@ def run_dag_test(
         for line in process.stdout:
             log.write(line)
             if match := STARTING.search(line):
+                setting_up.close()
                 task_id = match.group(1)
                 current = result.tasks.setdefault(task_id, TaskEvent(task_id))
                 current.started = time.monotonic()
