@@ -227,3 +227,58 @@ def test_epoch_milliseconds_declared_as_a_timestamp_are_quarantined_not_stored_i
     [bad] = quarantine.collect()
     assert bad["reason"].startswith(f"column last_login: cannot cast {seconds * 1000} to timestamp")
     assert "epoch milliseconds?" in bad["reason"] and "timestamp_millis" in bad["reason"]
+
+
+def test_a_record_the_changed_definition_types_leaves_quarantine_as_it_enters_processed(
+    tmp_path: Path, spark: Any, shop_pipeline: Path
+) -> None:
+    """Following the quarantine's hint (declare epoch milliseconds `bigint`) rebuilds the table
+    from every raw run, and the record it now types is in processed. It also stayed in
+    quarantine, so `raw2gold quarantine` still listed it as rejected: counted twice. A rebuild's
+    verdict now replaces the quarantine rows of the raw runs it read; a record it still rejects
+    (a null key) stays, and an incremental run after it adds its own."""
+    from raw2gold.quality.quarantine import read_quarantine
+
+    lake_dir = tmp_path / "lake"
+    shop = load_pipeline(shop_pipeline, str(lake_dir))
+    declared = shop.processed["users"].columns
+
+    def with_login(kind: str) -> Any:
+        return with_processed(shop, "users", columns={**declared, "last_login": kind})
+
+    lake = Lake(shop.lake)
+    users = shop_records(users=4)["users"]
+    seconds = int(datetime(2026, 1, 1, tzinfo=UTC).timestamp())
+    logins = [seconds, seconds * 1000, seconds, None]
+    rows = [{**u, "last_login": login} for u, login in zip(users, logins, strict=True)]
+    rows[2]["id"] = None
+    login = {"last_login": pa.int64()}
+    write_raw_run(lake, "faker", "r1", {"users": rows}, T1, extra_fields=login)
+    [first] = build_processed(spark, with_login("timestamp"), "run1", tables=["users"])
+    assert first.rows_quarantined == 2
+    assert read_quarantine(shop, "users").rows == 2
+
+    [rebuilt] = build_processed(spark, with_login("bigint"), "run2", tables=["users"])
+    assert rebuilt.mode == "overwrite" and rebuilt.rows_quarantined == 1
+    assert {r["id"]: r["last_login"] for r in _users(lake_dir, spark).values()} == {
+        users[0]["id"]: seconds,
+        users[1]["id"]: seconds * 1000,
+        users[3]["id"]: None,
+    }
+    report = read_quarantine(shop, "users")
+    assert report.rows == 1
+    [kept] = report.sample
+    assert kept["raw_run_id"] == "r1" and kept["quarantined_by_run"] == "run1"
+    assert "primary key" in kept["reason"]
+
+    later = [{**users[0], "id": None, "updated_at": ts(9, 1), "last_login": seconds}]
+    write_raw_run(lake, "faker", "r2", {"users": later}, T2, extra_fields=login)
+    [merged] = build_processed(spark, with_login("bigint"), "run3", tables=["users"])
+    assert merged.mode != "overwrite" and merged.rows_quarantined == 1
+    assert sorted(r["raw_run_id"] for r in read_quarantine(shop, "users").sample) == ["r1", "r2"]
+
+    [again] = build_processed(
+        spark, with_login("bigint"), "run4", tables=["users"], full_refresh=True
+    )
+    assert again.rows_quarantined == 2
+    assert read_quarantine(shop, "users").rows == 2

@@ -10,7 +10,8 @@ Per processed table:
   for struct/array/map). A value that is present but does not cast, or a null primary key,
   sends the row to ``quarantine/<table>/`` (Delta, insert-only MERGE on run id + _airbyte_raw_id
   so a retried run adds nothing twice) with a reason naming the column and the value. Values
-  are never silently nulled. Casting is Spark's: doubles cast to integers truncate.
+  are never silently nulled. Casting is Spark's: doubles cast to integers truncate. A rebuild
+  (overwrite) replaces the quarantine rows of the raw runs it read with its own verdict.
 * **Incremental streams.** Deduplicate by primary key keeping the latest cursor, then the latest
   ``_airbyte_extracted_at``; ``MERGE INTO`` by key, updating only when the incoming cursor is
   >= the stored one (a late, older record never overwrites a newer one).
@@ -524,10 +525,31 @@ def last_content(lake: Lake, relative: str) -> dict[str, Any] | None:
     return None
 
 
-def _quarantine(spark: SparkSession, lake: Lake, table: str, bad: DataFrame, run_id: str) -> None:
-    """Insert rejected rows into quarantine/<table> (idempotent per raw run and record)."""
+def _quarantine(
+    spark: SparkSession,
+    lake: Lake,
+    table: str,
+    bad: DataFrame | None,
+    run_id: str,
+    rebuilt: list[str],
+) -> None:
+    """Record rejected rows in quarantine/<table> (idempotent per raw run and record).
+
+    ``rebuilt``: the raw runs the table is being rebuilt from (an overwrite). Their earlier rows
+    in quarantine give way to this build's verdict, so a record that a changed definition now
+    types (epoch milliseconds declared ``bigint``, as the hint says) leaves quarantine as it
+    enters processed. ``bad`` None: this build rejected nothing.
+    """
     from pyspark.sql import functions as F
 
+    relative = lake.quarantine_table(table)
+    uri = lake.spark_uri(relative)
+    exists = is_delta(lake, relative)
+    runs = ", ".join(sql_literal(raw_run) for raw_run in rebuilt)
+    if bad is None:
+        if exists and rebuilt:
+            spark.sql(f"DELETE FROM {delta_ref(uri)} WHERE raw_run_id IN ({runs})")
+        return
     rows = bad.select(
         F.lit(table).alias("table"),
         F.col("_raw2gold_run_id").alias("raw_run_id"),
@@ -538,17 +560,18 @@ def _quarantine(spark: SparkSession, lake: Lake, table: str, bad: DataFrame, run
         F.lit(run_id).alias("quarantined_by_run"),
         F.current_timestamp().alias("quarantined_at"),
     )
-    relative = lake.quarantine_table(table)
-    uri = lake.spark_uri(relative)
-    if not is_delta(lake, relative):
+    if not exists:
         rows.write.format("delta").mode("append").save(uri)
         return
     view = f"__r2g_quarantine_{table}"
     rows.createOrReplaceTempView(view)
+    superseded = (
+        f" WHEN NOT MATCHED BY SOURCE AND t.raw_run_id IN ({runs}) THEN DELETE" if rebuilt else ""
+    )
     spark.sql(
         f"MERGE INTO {delta_ref(uri)} AS t USING {view} AS s "
         "ON t.raw_run_id = s.raw_run_id AND t._airbyte_raw_id = s._airbyte_raw_id "
-        "WHEN NOT MATCHED THEN INSERT *"
+        "WHEN NOT MATCHED THEN INSERT *" + superseded
     )
     spark.catalog.dropTempView(view)
 
@@ -1004,10 +1027,13 @@ def _process_table(
             ).collect()[0]
             result.rows_read = int(counts["n"])
             result.rows_quarantined = int(counts["bad"] or 0)
+            rebuilt = result.raw_runs if overwrite else []
             if result.rows_quarantined:
                 bad = typed.where(F.size("_raw2gold_reasons") > 0)
-                _quarantine(spark, lake, table, bad, run_id)
+                _quarantine(spark, lake, table, bad, run_id, rebuilt)
                 log.warning("processed %s: %d row(s) quarantined", table, result.rows_quarantined)
+            elif rebuilt:
+                _quarantine(spark, lake, table, None, run_id, rebuilt)
             latest = deduplicate(typed.where(well_typed), model).select(
                 *[quote(c) for c in columns], *META_COLUMNS, *([DELETED] if deleted else [])
             )
