@@ -11,10 +11,12 @@ computation over raw (tests/e2e/reference.py).
 
 from __future__ import annotations
 
+import csv
 import json
 import re
 import subprocess
 import time
+from collections import Counter
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -25,6 +27,7 @@ from tests.e2e.reference import (
     RAW2GOLD,
     assert_faker_rebuilt_from_scratch,
     assert_shop_gold_matches_reference,
+    read_gold,
 )
 from tests.fixtures.airflow import ShopAirflow
 from tests.fixtures.paths import edit_pipeline
@@ -67,6 +70,12 @@ def _wait(what: str, condition: Any, seconds: float = 180) -> Any:
     return value
 
 
+def _task_ids(shop: ShopAirflow) -> set[str]:
+    """The DAG's task ids as the api-server knows them."""
+    reply = shop.client.call("GET", f"/api/v2/dags/{DAG}/tasks")
+    return {task["task_id"] for task in reply["tasks"]}
+
+
 def _dag(shop: ShopAirflow) -> dict[str, Any]:
     """The DAG as the api-server knows it, once the dag-processor has parsed the pipeline."""
     reply = _wait(
@@ -98,7 +107,9 @@ def test_the_scheduled_run_reaches_gold_and_a_triggered_one_takes_params(
 ) -> None:
     """Unpaused (the UI's toggle, here over REST), the DAG gets the run of its latest @daily
     interval from the scheduler (catchup off: that one only), which lands gold equal to the
-    independent computation; then `raw2gold trigger` runs it by hand with params."""
+    independent computation; a gold model added to the pipeline while Airflow runs (a SQL file
+    and its lines in pipeline.yaml) becomes tasks of the DAG; then `raw2gold trigger` runs it by
+    hand with params, and the new model's table is published with the CSV's counts."""
     _dag(shop_airflow)
     shop_airflow.client.call("PATCH", f"/api/v2/dags/{DAG}", json={"is_paused": False})
     scheduled = _wait(
@@ -121,6 +132,16 @@ def test_the_scheduled_run_reaches_gold_and_a_triggered_one_takes_params(
     assert refused.returncode != 0
     assert "nosuch" in refused.stdout + refused.stderr
 
+    # A gold table added while Airflow runs: a SQL model and its lines in pipeline.yaml, no DAG
+    # code. The dag-processor parses the pipeline again and the DAG gains the model's tasks.
+    folder = shop_airflow.pipeline.parent
+    (folder / "models" / "makes_per_category.sql").write_text(
+        "SELECT category, COUNT(*) AS makes FROM {{ ref('make_categories') }} GROUP BY category\n"
+    )
+    model = {"sql": "models/makes_per_category.sql", "format": "parquet"}
+    edit_pipeline(shop_airflow.pipeline, lambda config: config["gold"].update(makes=model))
+    _wait("the DAG to gain gold.build.makes", lambda: "gold.build.makes" in _task_ids(shop_airflow))
+
     # `sources` ingests only those: the CSV source's task is skipped; `full_refresh` reads the
     # faker source from scratch and rebuilds the processed tables from every raw run.
     again = _trigger(shop_airflow, 'sources=["faker"]', "full_refresh=true")
@@ -129,8 +150,13 @@ def test_the_scheduled_run_reaches_gold_and_a_triggered_one_takes_params(
     states = _task_states(shop_airflow, _run_id(out))
     assert states["ingest.catalog_csv"] == "skipped", states
     assert states["ingest.faker"] == states["gold.publish"] == states["done"] == "success"
+    assert states["gold.build.makes"] == states["gold.check.makes"] == "success", states
     assert_faker_rebuilt_from_scratch(lake)
     assert_shop_gold_matches_reference(lake)
+    with (folder / "data" / "make_categories.csv").open() as csv_file:
+        expected = Counter(row["category"] for row in csv.DictReader(csv_file))
+    published = read_gold(lake, "makes", "parquet")
+    assert {r["category"]: r["makes"] for r in published} == expected
 
 
 def _pids(shop: ShopAirflow, matches: Callable[[list[bytes]], bool]) -> list[int]:
