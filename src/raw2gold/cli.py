@@ -11,6 +11,7 @@ import os
 import re
 import shlex
 import shutil
+import signal
 import sys
 import traceback
 from collections.abc import Iterable
@@ -80,6 +81,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         )
     lake_uri = config.lake.uri if args.lake else None
     run_id = make_run_id()
+    signal.signal(signal.SIGTERM, _interrupted)  # stopped like Ctrl-C: its work stops with it
     logs = shown_folder(logs_folder())
     console.print(
         f"raw2gold run [bold]{config.name}[/bold] · run {run_id} · lake {config.lake.uri}\n"
@@ -108,6 +110,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise CliError(f"run {run_id} failed: {result.error} (full log: {result.log_file})")
     _print_run_summary(config, run_id, result.tasks, result.seconds)
     return 0
+
+
+def _interrupted(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 def _print_run_summary(
@@ -566,8 +572,8 @@ def main(argv: list[str] | None = None) -> int:
     except CliError as exc:
         err.print(f"[red]raw2gold:[/red] {escape(str(exc))}", soft_wrap=True)
         return 1
-    except KeyboardInterrupt:
-        err.print("raw2gold: interrupted")
+    except KeyboardInterrupt as exc:
+        err.print(f"raw2gold: interrupted{': ' + escape(str(exc)) if str(exc) else ''}")
         return 130
     except Raw2GoldError as exc:  # its message is for people already
         if args.verbose:

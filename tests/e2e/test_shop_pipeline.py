@@ -11,9 +11,12 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from tests.e2e.reference import (
@@ -364,3 +367,65 @@ def test_two_runs_started_together_on_a_new_raw2gold_home_both_run(
         last = err.strip().splitlines()[-1]
         assert run.returncode == 1 and "does not exist yet" in last, out[-2000:] + err[-2000:]
         assert "✔ spark.start success" in out, out
+
+
+def _ctrl_c_default() -> None:
+    signal.signal(signal.SIGINT, signal.SIG_DFL)  # as in a terminal, whatever pytest set
+
+
+@pytest.mark.parametrize("how", ["ctrl-c", "sigterm"])
+def test_an_interrupted_run_leaves_no_process_behind(
+    shop_pipeline: Path, tmp_path: Path, how: str
+) -> None:
+    """Ctrl-C in the terminal (SIGINT to `raw2gold run`'s process group) or SIGTERM to
+    `raw2gold run` alone, while a processed task runs. The run's Spark Connect server lives in
+    its own session, so that it outlives each task: Ctrl-C never reached it and `spark.stop`
+    never ran, so it stayed up holding its memory until its time limit, 22 hours. Now `raw2gold
+    run` stops `dags test` (Airflow calls the running task's on_kill first), then the server by
+    PID, says so in its last line and exits 130."""
+    env = {**os.environ, "RAW2GOLD_HOME": str(tmp_path / ".raw2gold")}
+    lake = tmp_path / "lake"
+    run = subprocess.Popen(
+        [*RAW2GOLD, "run", str(shop_pipeline), "--lake", str(lake)],
+        cwd=tmp_path,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+        preexec_fn=_ctrl_c_default,
+    )
+    assert run.stdout is not None
+    seen = []
+    for line in run.stdout:
+        seen.append(line)
+        if re.search(r"processed\.\w+ started", line):
+            break
+    else:
+        pytest.fail("no processed task started:\n" + "".join(seen) + run.stderr.read())
+    if how == "ctrl-c":
+        os.killpg(run.pid, signal.SIGINT)
+    else:
+        run.send_signal(signal.SIGTERM)
+    out, err = run.communicate(timeout=120)
+    assert run.returncode == 130, "".join(seen) + out + err
+    [record_file] = lake.glob("_state/runs/*/spark_server.json")
+    server = json.loads(record_file.read_text())
+    last = err.strip().splitlines()[-1]
+    assert re.fullmatch(
+        r"raw2gold: interrupted: run \S+ stopped during processed\.\w+, and its Spark Connect "
+        rf"server \(pid {server['pid']}\)",
+        last,
+    ), last
+    assert server.get("stopped_at"), server
+    deadline = time.monotonic() + 30
+    while _alive(server["pid"]) and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert not _alive(server["pid"]), f"the run's Spark Connect server {server['pid']} is up"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False

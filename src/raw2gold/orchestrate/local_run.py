@@ -10,8 +10,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
@@ -28,6 +30,7 @@ STARTING = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
 ENDED = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
 NEW_STATE = re.compile(r"new_state=(\w+)")
 RUN_FAILED = re.compile(r"Marking run .* failed")
+INTERRUPT_GRACE = 30.0  # seconds an interrupted task's on_kill has before `dags test` is killed
 EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception): ")
 LOGGER_SUFFIX = re.compile(r"\s+\[[\w.]+\]( loc=\S+)?$")  # structlog's "[logger] loc=file:line"
 
@@ -189,30 +192,46 @@ def run_dag_test(
         ) as process,
     ):
         assert process.stdout is not None
-        for line in process.stdout:
-            log.write(line)
-            if match := STARTING.search(line):
-                setting_up.close()
-                task_id = match.group(1)
-                current = result.tasks.setdefault(task_id, TaskEvent(task_id))
-                current.started = time.monotonic()
-                current.tries += 1
-                current.state = "running"
-                if on_event:
-                    on_event(current)
-            elif current and "Task instance state updated" in line and "new_state=" in line:
-                state = NEW_STATE.search(line)
-                if state:
-                    current.state = state.group(1)
-            elif current and (match := ENDED.search(line)):
-                current.seconds += time.monotonic() - current.started
-                if current.state == "running":
-                    current.state = "success"
-                if on_event:
-                    on_event(current)
-                current = None
-            elif "raw2gold:" in line or "AirflowException" in line or "Error:" in line:
-                errors.append(line.strip())
+        try:
+            for line in process.stdout:
+                log.write(line)
+                if match := STARTING.search(line):
+                    setting_up.close()
+                    task_id = match.group(1)
+                    current = result.tasks.setdefault(task_id, TaskEvent(task_id))
+                    current.started = time.monotonic()
+                    current.tries += 1
+                    current.state = "running"
+                    if on_event:
+                        on_event(current)
+                elif current and "Task instance state updated" in line and "new_state=" in line:
+                    state = NEW_STATE.search(line)
+                    if state:
+                        current.state = state.group(1)
+                elif current and (match := ENDED.search(line)):
+                    current.seconds += time.monotonic() - current.started
+                    if current.state == "running":
+                        current.state = "success"
+                    if on_event:
+                        on_event(current)
+                    current = None
+                elif "raw2gold:" in line or "AirflowException" in line or "Error:" in line:
+                    errors.append(line.strip())
+        except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as `raw2gold run` turns it into one
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
+            if current is not None and process.poll() is None:
+                process.terminate()  # Airflow calls the task's on_kill: its work stops
+                # the task's end, then `dags test` is stopped before it starts anything else
+                watchdog = threading.Timer(INTERRUPT_GRACE, process.kill)
+                watchdog.start()
+                for line in process.stdout:
+                    log.write(line)
+                    if ENDED.search(line) or STARTING.search(line):
+                        break
+                watchdog.cancel()
+            process.kill()
+            process.wait()
+            raise RunInterrupted(stop_interrupted_run(config, run_id, current)) from None
         code = process.wait()
     result.seconds = time.monotonic() - started
     failed = [t for t in result.tasks.values() if t.state in {"failed", "upstream_failed"}]
@@ -220,6 +239,30 @@ def run_dag_test(
     if not result.ok:
         result.error = first_error(errors) or f"airflow dags test exited {code}"
     return result
+
+
+class RunInterrupted(KeyboardInterrupt):
+    """`raw2gold run` was interrupted; the message says what was stopped."""
+
+
+def stop_interrupted_run(config: PipelineConfig, run_id: str, task: TaskEvent | None) -> str:
+    """Stop the interrupted run's Spark Connect server; what the run's last line says.
+
+    The server lives in its own session, so that it outlives each task: Ctrl-C does not reach
+    it, and without `spark.stop` it would hold its memory until its time limit (the DAG's
+    timeout). A shared server stays up for the next run.
+    """
+    from raw2gold.lake import Lake
+    from raw2gold.transform.connect import server_record, stop_server
+
+    stop_server(config, run_id, lambda message: None)
+    record = Lake(config.lake).read_record(server_record(run_id))
+    where = f" during {task.task_id}" if task else ""
+    if not record:
+        return f"run {run_id} stopped{where}, before a Spark Connect server was recorded"
+    if record.get("shared"):
+        return f"run {run_id} stopped{where}; the shared Spark Connect server stays up"
+    return f"run {run_id} stopped{where}, and its Spark Connect server (pid {record['pid']})"
 
 
 def first_error(lines: list[str]) -> str:
