@@ -19,7 +19,7 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager, ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from raw2gold.config import PipelineConfig
 from raw2gold.errors import Raw2GoldError
@@ -219,18 +219,7 @@ def run_dag_test(
                     errors.append(line.strip())
         except KeyboardInterrupt:  # Ctrl-C, or SIGTERM as `raw2gold run` turns it into one
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # let the clean-up finish
-            if current is not None and process.poll() is None:
-                process.terminate()  # Airflow calls the task's on_kill: its work stops
-                # the task's end, then `dags test` is stopped before it starts anything else
-                watchdog = threading.Timer(INTERRUPT_GRACE, process.kill)
-                watchdog.start()
-                for line in process.stdout:
-                    log.write(line)
-                    if ENDED.search(line) or STARTING.search(line):
-                        break
-                watchdog.cancel()
-            process.kill()
-            process.wait()
+            stop_dag_test(process, log, task_running=current is not None)
             raise RunInterrupted(stop_interrupted_run(config, run_id, current)) from None
         code = process.wait()
     result.seconds = time.monotonic() - started
@@ -239,6 +228,24 @@ def run_dag_test(
     if not result.ok:
         result.error = first_error(errors) or f"airflow dags test exited {code}"
     return result
+
+
+def stop_dag_test(process: subprocess.Popen[str], log: TextIO, task_running: bool) -> None:
+    """Stop an interrupted `dags test`. While a task runs: SIGTERM, on which Airflow calls the
+    task's on_kill (its connector, Spark job and queries stop), then SIGKILL at the task's end
+    (INTERRUPT_GRACE s at most), so that it starts no retry nor next task."""
+    assert process.stdout is not None
+    if task_running and process.poll() is None:
+        process.terminate()
+        watchdog = threading.Timer(INTERRUPT_GRACE, process.kill)
+        watchdog.start()
+        for line in process.stdout:
+            log.write(line)
+            if ENDED.search(line) or STARTING.search(line):
+                break
+        watchdog.cancel()
+    process.kill()
+    process.wait()
 
 
 class RunInterrupted(KeyboardInterrupt):

@@ -10,8 +10,8 @@ Per processed table:
   for struct/array/map). A value that is present but does not cast, or a null primary key,
   sends the row to ``quarantine/<table>/`` (Delta, insert-only MERGE on run id + _airbyte_raw_id
   so a retried run adds nothing twice) with a reason naming the column and the value. Values
-  are never silently nulled. Casting is Spark's: doubles cast to integers truncate. A rebuild
-  (overwrite) replaces the quarantine rows of the raw runs it read with its own verdict.
+  are never silently nulled. Casting is Spark's: doubles cast to integers truncate. A full
+  rebuild replaces the quarantine rows of the raw runs it read with its own verdict.
 * **Incremental streams.** Deduplicate by primary key keeping the latest cursor, then the latest
   ``_airbyte_extracted_at``; ``MERGE INTO`` by key, updating only when the incoming cursor is
   >= the stored one (a late, older record never overwrites a newer one).
@@ -535,7 +535,7 @@ def _quarantine(
 ) -> None:
     """Record rejected rows in quarantine/<table> (idempotent per raw run and record).
 
-    ``rebuilt``: the raw runs the table is being rebuilt from (an overwrite). Their earlier rows
+    ``rebuilt``: the raw runs a full rebuild of the table reads again. Their earlier rows
     in quarantine give way to this build's verdict, so a record that a changed definition now
     types (epoch milliseconds declared ``bigint``, as the hint says) leaves quarantine as it
     enters processed. ``bad`` None: this build rejected nothing.
@@ -1027,7 +1027,7 @@ def _process_table(
             ).collect()[0]
             result.rows_read = int(counts["n"])
             result.rows_quarantined = int(counts["bad"] or 0)
-            rebuilt = result.raw_runs if overwrite else []
+            rebuilt = result.raw_runs if full_refresh else []  # read again: new verdicts
             if result.rows_quarantined:
                 bad = typed.where(F.size("_raw2gold_reasons") > 0)
                 _quarantine(spark, lake, table, bad, run_id, rebuilt)
