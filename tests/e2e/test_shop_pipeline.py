@@ -15,6 +15,7 @@ import signal
 import subprocess
 import time
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
@@ -39,6 +40,21 @@ def raw2gold_run(
         capture_output=True,
         text=True,
         timeout=1200,
+    )
+
+
+def raw2gold_start(
+    pipeline: Path, lake: Path, work: Path, env: dict[str, str], *args: str, **popen: Any
+) -> subprocess.Popen[str]:
+    """`raw2gold run PIPELINE --lake LAKE ARGS…` started from ``work``, its output piped."""
+    return subprocess.Popen(
+        [*RAW2GOLD, "run", str(pipeline), "--lake", str(lake), *args],
+        cwd=work,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **popen,
     )
 
 
@@ -352,14 +368,7 @@ def test_two_runs_started_together_on_a_new_raw2gold_home_both_run(
     table."""
     env = {**os.environ, "RAW2GOLD_HOME": str(tmp_path / ".raw2gold")}
     runs = [
-        subprocess.Popen(
-            [*RAW2GOLD, "run", str(shop_pipeline), "--lake", str(tmp_path / lake), "--no-ingest"],
-            cwd=tmp_path,
-            env=env,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
+        raw2gold_start(shop_pipeline, tmp_path / lake, tmp_path, env, "--no-ingest")
         for lake in ("lake-a", "lake-b")
     ]
     for run in runs:
@@ -385,15 +394,8 @@ def test_an_interrupted_run_leaves_no_process_behind(
     PID, says so in its last line and exits 130."""
     env = {**os.environ, "RAW2GOLD_HOME": str(tmp_path / ".raw2gold")}
     lake = tmp_path / "lake"
-    run = subprocess.Popen(
-        [*RAW2GOLD, "run", str(shop_pipeline), "--lake", str(lake)],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-        preexec_fn=_ctrl_c_default,
+    run = raw2gold_start(
+        shop_pipeline, lake, tmp_path, env, start_new_session=True, preexec_fn=_ctrl_c_default
     )
     assert run.stdout is not None
     seen = []

@@ -29,7 +29,6 @@ DAGS_FOLDER = Path(__file__).parent / "dags"
 STARTING = re.compile(r"\[DAG TEST\] starting task_id=(\S+)")
 ENDED = re.compile(r"\[DAG TEST\] end task task_id=(\S+)")
 NEW_STATE = re.compile(r"new_state=(\w+)")
-RUN_FAILED = re.compile(r"Marking run .* failed")
 INTERRUPT_GRACE = 30.0  # seconds an interrupted task's on_kill has before `dags test` is killed
 EXCEPTION_LINE = re.compile(r"^[\w.]*(Error|Exception): ")
 LOGGER_SUFFIX = re.compile(r"\s+\[[\w.]+\]( loc=\S+)?$")  # structlog's "[logger] loc=file:line"
